@@ -1,0 +1,116 @@
+"""Training and validation sets of a class-balanced expert (METHOD.md section 3).
+
+An expert over the ``k`` classes of one split is a ``(k+1)``-way classifier: output ``j < k``
+is the ``j``-th class of the split (ascending global id), output ``k`` is "reject".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+REJECT = -1
+"""The class id written for the reject output in ``output_class_ids``."""
+
+
+@dataclass(frozen=True)
+class ExpertSet:
+    """Entries of a list file chosen for an expert, with the targets it is trained on."""
+
+    indices: np.ndarray  # positions in the list file
+    targets: np.ndarray  # 0..k-1 for split classes, k for reject
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def num_reject(self) -> int:
+        return int((self.targets == self.targets.max()).sum()) if len(self.targets) else 0
+
+
+def output_class_ids(split_classes) -> list[int]:
+    """Global class id of each expert output; the reject output is ``REJECT``."""
+    return [int(c) for c in np.sort(np.asarray(split_classes))] + [REJECT]
+
+
+def _remap(labels: np.ndarray, split_classes: np.ndarray) -> np.ndarray:
+    lookup = {int(c): j for j, c in enumerate(np.sort(split_classes))}
+    return np.array([lookup[int(y)] for y in labels], dtype=np.int64)
+
+
+def sample_reject(
+    labels: np.ndarray,
+    pool: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    sampling: str = "images",
+) -> np.ndarray:
+    """Choose ``count`` entries of ``pool`` (positions whose class is outside the split).
+
+    ``images``: uniformly over images, so the reject sample follows the training
+    distribution of the other classes (as the original code did).
+    ``classes``: as evenly over the other classes as their images allow.
+    """
+    count = min(count, len(pool))
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    if sampling == "images":
+        return np.sort(rng.choice(pool, size=count, replace=False))
+    if sampling != "classes":
+        raise ValueError(f"reject sampling must be 'images' or 'classes', got {sampling!r}")
+    # Round-robin over a shuffled copy of each class's images.
+    by_class = {}
+    for position in rng.permutation(pool):
+        by_class.setdefault(int(labels[position]), []).append(int(position))
+    queues = [by_class[c] for c in rng.permutation(sorted(by_class))]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < count:
+        for queue in queues:
+            if depth < len(queue):
+                chosen.append(queue[depth])
+                if len(chosen) == count:
+                    break
+        depth += 1
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def expert_training_set(
+    labels,
+    split_classes,
+    open_ratio: float,
+    seed: int,
+    sampling: str = "images",
+) -> ExpertSet:
+    """All images of the split's classes plus ``round(N_split / open_ratio)`` reject images."""
+    labels = np.asarray(labels, dtype=np.int64)
+    split_classes = np.sort(np.asarray(split_classes, dtype=np.int64))
+    if open_ratio < 1:
+        raise ValueError(f"open_ratio must be >= 1, got {open_ratio}")
+    inside = np.isin(labels, split_classes)
+    members = np.flatnonzero(inside)
+    reject_count = int(round(len(members) / open_ratio))
+    rng = np.random.default_rng(seed)
+    reject = sample_reject(labels, np.flatnonzero(~inside), reject_count, rng, sampling)
+    return _assemble(labels, split_classes, members, reject)
+
+
+def expert_validation_set(labels, split_classes, seed: int) -> ExpertSet:
+    """The split's validation images plus as many other-class images scored as reject (1:1)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    split_classes = np.sort(np.asarray(split_classes, dtype=np.int64))
+    inside = np.isin(labels, split_classes)
+    members = np.flatnonzero(inside)
+    rng = np.random.default_rng(seed)
+    # The validation set is balanced, so sampling by images is also balanced over classes.
+    reject = sample_reject(labels, np.flatnonzero(~inside), len(members), rng, "images")
+    return _assemble(labels, split_classes, members, reject)
+
+
+def _assemble(labels, split_classes, members, reject) -> ExpertSet:
+    k = len(split_classes)
+    indices = np.concatenate([members, reject]).astype(np.int64)
+    targets = np.concatenate([_remap(labels[members], split_classes), np.full(len(reject), k)])
+    order = np.argsort(indices, kind="stable")
+    return ExpertSet(indices[order], targets[order].astype(np.int64))

@@ -1,0 +1,95 @@
+"""Split lists in the ImageNet-LT / Places-LT format: one ``relative/path label`` per line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class ListFormatError(ValueError):
+    """A list file that does not follow the ``relative/path label`` format."""
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """The entries of one list file, in file order (the order defines sample ids)."""
+
+    paths: list[str]
+    labels: np.ndarray  # int64, one per path
+    source: str = "<memory>"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    def class_counts(self, num_classes: int | None = None) -> np.ndarray:
+        n = self.num_classes if num_classes is None else num_classes
+        return np.bincount(self.labels, minlength=n)
+
+    def subset(self, indices: np.ndarray) -> "ImageList":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageList([self.paths[i] for i in indices], self.labels[indices], self.source)
+
+
+def read_list(path: str | Path) -> ImageList:
+    """Parse a list file; errors name the file and the 1-based line number."""
+    path = Path(path)
+    paths: list[str] = []
+    labels: list[int] = []
+    with path.open("r", encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            # The path may contain spaces; the label is the last field.
+            parts = text.rsplit(None, 1)
+            if len(parts) != 2:
+                raise ListFormatError(
+                    f"{path}:{lineno}: expected 'relative/path label', got {text!r}"
+                )
+            rel, label_text = parts
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise ListFormatError(
+                    f"{path}:{lineno}: label {label_text!r} is not an integer"
+                ) from None
+            if label < 0:
+                raise ListFormatError(f"{path}:{lineno}: label {label} is negative")
+            paths.append(rel)
+            labels.append(label)
+    if not paths:
+        raise ListFormatError(f"{path}: no entries")
+    return ImageList(paths, np.asarray(labels, dtype=np.int64), str(path))
+
+
+def write_list(path: str | Path, paths: list[str], labels) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for rel, label in zip(paths, labels):
+            handle.write(f"{rel} {int(label)}\n")
+
+
+def check_labels_cover(image_list: ImageList, num_classes: int) -> None:
+    """Every class id 0..num_classes-1 must occur, and no other id."""
+    counts = np.bincount(image_list.labels, minlength=num_classes)
+    too_big = np.flatnonzero(image_list.labels >= num_classes)
+    if too_big.size:
+        raise ListFormatError(
+            f"{image_list.source}: labels out of range 0..{num_classes - 1}: "
+            f"{sorted(set(image_list.labels[too_big].tolist()))[:10]}"
+        )
+    missing = np.flatnonzero(counts[:num_classes] == 0)
+    if missing.size:
+        shown = ", ".join(str(i) for i in missing[:20])
+        more = f" (and {missing.size - 20} more)" if missing.size > 20 else ""
+        raise ListFormatError(
+            f"{image_list.source}: no entries for class ids {shown}{more}; "
+            f"labels must cover 0..{num_classes - 1}"
+        )

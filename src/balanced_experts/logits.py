@@ -1,0 +1,115 @@
+"""Logits of one model on one data split: computed in list order, stored as Parquet.
+
+Columns: ``sample_id`` (position in the split's list file), ``path``, ``label`` (global
+class id), then one float32 column per model output named ``logit_<class id>`` and, for
+an expert, ``logit_reject``. The schema metadata key ``balanced_experts`` holds JSON with
+the model name, the split, ``output_class_ids`` (reject = -1), ``num_classes`` and, for an
+expert, its ``open_ratio``. Rows of every model on a split are in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .experts import REJECT
+
+META_KEY = b"balanced_experts"
+
+
+@dataclass
+class LogitsTable:
+    logits: np.ndarray  # N x M float32
+    labels: np.ndarray  # N int64, global class ids
+    sample_ids: np.ndarray  # N int64
+    paths: list[str]
+    output_class_ids: np.ndarray  # M int64; REJECT for the reject output
+    meta: dict
+
+    @property
+    def is_expert(self) -> bool:
+        return bool((self.output_class_ids == REJECT).any())
+
+    @property
+    def class_ids(self) -> np.ndarray:
+        """Global class ids of the non-reject outputs."""
+        return self.output_class_ids[self.output_class_ids != REJECT]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+
+def column_names(output_class_ids) -> list[str]:
+    return [("logit_reject" if c == REJECT else f"logit_{int(c)}") for c in output_class_ids]
+
+
+def write_logits(path: str | Path, table: LogitsTable) -> None:
+    """Write atomically: a killed job never leaves a truncated Parquet file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logits = np.ascontiguousarray(table.logits, dtype=np.float32)
+    arrays = [
+        pa.array(np.asarray(table.sample_ids, dtype=np.int64)),
+        pa.array(table.paths, type=pa.string()),
+        pa.array(np.asarray(table.labels, dtype=np.int64)),
+    ] + [pa.array(logits[:, j]) for j in range(logits.shape[1])]
+    names = ["sample_id", "path", "label"] + column_names(table.output_class_ids)
+    meta = dict(table.meta, output_class_ids=[int(c) for c in table.output_class_ids])
+    schema = pa.schema([pa.field(n, a.type) for n, a in zip(names, arrays)],
+                       metadata={META_KEY: json.dumps(meta).encode()})
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp)
+    tmp.replace(path)
+
+
+def read_logits(path: str | Path) -> LogitsTable:
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: not a logits file of this project (no '{META_KEY.decode()}' metadata)")
+    meta = json.loads(raw)
+    output_class_ids = np.asarray(meta["output_class_ids"], dtype=np.int64)
+    names = column_names(output_class_ids)
+    logits = np.stack([table.column(n).to_numpy() for n in names], axis=1).astype(np.float32, copy=False)
+    return LogitsTable(
+        logits=logits,
+        labels=table.column("label").to_numpy().astype(np.int64),
+        sample_ids=table.column("sample_id").to_numpy().astype(np.int64),
+        paths=table.column("path").to_pylist(),
+        output_class_ids=output_class_ids,
+        meta=meta,
+    )
+
+
+def check_aligned(tables: dict[str, LogitsTable]) -> None:
+    """All tables must list the same samples, in the same order, with the same labels."""
+    names = list(tables)
+    first = tables[names[0]]
+    for name in names[1:]:
+        other = tables[name]
+        if len(other.sample_ids) != len(first.sample_ids) or not (
+            np.array_equal(other.sample_ids, first.sample_ids) and np.array_equal(other.labels, first.labels)
+        ):
+            raise ValueError(f"logits of {name!r} and {names[0]!r} are not row-aligned")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches, num_samples: int, num_outputs: int) -> np.ndarray:
+    """Logits of every sample, in batch order, written into one preallocated array."""
+    model.eval()
+    out = np.empty((num_samples, num_outputs), dtype=np.float32)
+    start = 0
+    for x, _ in batches:
+        logits = model(x).float().cpu().numpy()
+        out[start:start + len(logits)] = logits
+        start += len(logits)
+    if start != num_samples:
+        raise RuntimeError(f"predicted {start} samples, expected {num_samples}")
+    return out

@@ -1,0 +1,192 @@
+"""Backbones and the classifier used by the base model and every expert.
+
+A model is ``backbone -> global pool -> fc (embed_dim) -> ReLU -> classifier``, the
+OLTR/experts architecture. ``num_learnable`` selects what an expert fine-tunes:
+-1 everything; 1 the classifier; 2 classifier + fc; k >= 3 additionally the last
+k - 2 backbone stages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images (He et al. 2016, section 4.2): 3x3 stem, three stages.
+
+    ``depth = 6n + 2`` (8, 20, 32, 56, ...), stage widths ``width, 2*width, 4*width``.
+    """
+
+    def __init__(self, depth: int = 32, width: int = 16):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        self.in_planes = width
+        self.layer1 = self._stage(width, blocks, stride=1)
+        self.layer2 = self._stage(2 * width, blocks, stride=2)
+        self.layer3 = self._stage(4 * width, blocks, stride=2)
+        self.out_features = 4 * width
+
+    def _stage(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            downsample = None
+            if s != 1 or self.in_planes != planes:
+                downsample = nn.Sequential(
+                    nn.Conv2d(self.in_planes, planes, 1, stride=s, bias=False), nn.BatchNorm2d(planes)
+                )
+            layers.append(BasicBlock(self.in_planes, planes, stride=s, downsample=downsample))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3]
+
+    def forward(self, x):
+        return self.layer3(self.layer2(self.layer1(self.stem(x))))
+
+
+class TorchvisionResNetTrunk(nn.Module):
+    """A torchvision ResNet without its avgpool/fc, exposing its four stages."""
+
+    def __init__(self, resnet: ResNet):
+        super().__init__()
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        self.out_features = resnet.fc.in_features
+
+    def stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x):
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def _make_trunk(name: str, width: int | None) -> nn.Module:
+    if name.startswith("resnet_cifar"):
+        depth = int(name.removeprefix("resnet_cifar"))
+        return CifarResNet(depth=depth, width=width or 16)
+    torchvision_layouts = {
+        "resnet10": (BasicBlock, [1, 1, 1, 1]),
+        "resnet18": (BasicBlock, [2, 2, 2, 2]),
+        "resnet34": (BasicBlock, [3, 4, 6, 3]),
+        "resnet50": (Bottleneck, [3, 4, 6, 3]),
+        "resnet101": (Bottleneck, [3, 4, 23, 3]),
+        "resnet152": (Bottleneck, [3, 8, 36, 3]),
+    }
+    if name not in torchvision_layouts:
+        known = sorted(torchvision_layouts) + ["resnet_cifar<6n+2>"]
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(known)}")
+    block, layers = torchvision_layouts[name]
+    return TorchvisionResNetTrunk(ResNet(block, layers))
+
+
+BACKBONES = ("resnet_cifar8", "resnet_cifar20", "resnet_cifar32", "resnet10", "resnet18",
+             "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class LongTailNet(nn.Module):
+    """Trunk -> global average pool -> fc(embed_dim) -> ReLU -> classifier(num_outputs)."""
+
+    def __init__(self, backbone: str, num_outputs: int, embed_dim: int = 512, width: int | None = None):
+        super().__init__()
+        self.trunk = _make_trunk(backbone, width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.trunk.out_features, embed_dim)
+        self.relu = nn.ReLU(inplace=True)
+        self.classifier = nn.Linear(embed_dim, num_outputs)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.fc(torch.flatten(self.pool(self.trunk(x)), 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def learnable_modules(self, num_learnable: int) -> list[nn.Module]:
+        """The modules an expert fine-tunes for a given ``num_learnable``."""
+        if num_learnable == -1:
+            return [self]
+        if num_learnable < 1:
+            raise ValueError(f"num_learnable must be -1 or >= 1, got {num_learnable}")
+        modules: list[nn.Module] = [self.classifier]
+        if num_learnable >= 2:
+            modules.append(self.fc)
+        stages = self.trunk.stages()
+        extra = num_learnable - 2
+        if extra > len(stages):
+            raise ValueError(
+                f"num_learnable={num_learnable} asks for {extra} backbone stages but the "
+                f"backbone has {len(stages)}; use -1 to fine-tune everything"
+            )
+        if extra > 0:
+            modules.extend(stages[len(stages) - extra:])
+        return modules
+
+
+def build_model(backbone_cfg: dict, num_outputs: int) -> LongTailNet:
+    return LongTailNet(
+        backbone_cfg["name"],
+        num_outputs,
+        embed_dim=backbone_cfg.get("embed_dim", 512),
+        width=backbone_cfg.get("width"),
+    )
+
+
+def set_learnable(model: LongTailNet, num_learnable: int) -> list[nn.Parameter]:
+    """Freeze everything but the chosen modules; returns the trainable parameters.
+
+    Frozen modules are also kept in eval mode by :func:`train_mode`, so that their
+    BatchNorm statistics stay those of the base model.
+    """
+    learnable = model.learnable_modules(num_learnable)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in learnable:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    model._learnable = learnable  # remembered for train_mode
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_mode(model: LongTailNet) -> None:
+    """Train mode for the learnable modules only (frozen BatchNorm keeps its statistics)."""
+    learnable = getattr(model, "_learnable", [model])
+    model.eval()
+    for module in learnable:
+        module.train()
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: plain dicts of tensors and builtins, loadable with weights_only=True.
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
+    """Write ``{"state_dict", "meta"}`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "meta": meta}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_model(path: str | Path) -> tuple[LongTailNet, dict]:
+    """Rebuild a model from its checkpoint; returns ``(model, meta)``."""
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint["meta"]
+    model = build_model(meta["backbone"], len(meta["output_class_ids"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, meta

@@ -1,0 +1,51 @@
+"""What every stage program needs: a logger that writes to the job's log, the device, threads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def get_logger(name: str, log_path: str | Path | None) -> logging.Logger:
+    """Log to the job's log file and to stderr, one timestamped line per message."""
+    logger = logging.getLogger(f"balanced_experts.{name}")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def setup_torch(threads: int, seed: int, device: torch.device) -> None:
+    """Threads for CPU kernels, seeds everywhere, and deterministic kernels on the CPU."""
+    torch.set_num_threads(max(1, int(threads)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -1,0 +1,15 @@
+rule calibrate:
+    """Joint calibration of the three experts, fit on the validation logits only."""
+    input:
+        val=expand("results/{{dataset}}/logits/{expert}/val.parquet", expert=EXPERTS),
+    output:
+        calibration="results/{dataset}/calibration/calibration.pt",
+        summary="results/{dataset}/calibration/summary.json",
+    params:
+        calibration=section("calibration"),
+    log:
+        "results/{dataset}/logs/calibrate.log",
+    benchmark:
+        "results/{dataset}/benchmarks/calibrate.tsv"
+    script:
+        "../scripts/calibrate.py"

@@ -1,0 +1,65 @@
+import os
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+# Stage programs import the library from src/ of this checkout, installed or not.
+_SRC = str(Path(workflow.basedir) / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+
+DATASETS = list(config["datasets"])
+EXPERTS = ["many", "medium", "few"]
+MODELS = ["base"] + EXPERTS
+DATA_SPLITS = ["train", "val", "test"]
+EXECUTION = config.get("execution", {})
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    expert="|".join(EXPERTS),
+    model="|".join(MODELS),
+    split="|".join(DATA_SPLITS),
+
+
+def dataset_config(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def image_root(wildcards):
+    """Folder the list files' relative paths start from."""
+    data = dataset_config(wildcards)["data"]
+    if data["kind"] == "synthetic":
+        return f"results/{wildcards.dataset}/data"
+    return data["root"]
+
+
+def list_file(split):
+    """Input function: the list file of one data split of the job's dataset."""
+
+    def _list_file(wildcards):
+        data = dataset_config(wildcards)["data"]
+        if data["kind"] == "synthetic":
+            return f"results/{wildcards.dataset}/data/{split}.txt"
+        return data[f"{split}_list"]
+
+    return _list_file
+
+
+def section(*keys):
+    """Params function: one slice of the job's dataset config (and nothing else)."""
+
+    def _section(wildcards):
+        value = dataset_config(wildcards)
+        for key in keys:
+            value = value.get(key, {}) if isinstance(value, dict) else {}
+        return value
+
+    return _section
+
+
+def model_section(wildcards):
+    """The training settings of the model a job trains: `base` or `experts.<expert>`."""
+    cfg = dataset_config(wildcards)
+    return cfg["base"] if wildcards.model == "base" else cfg["experts"][wildcards.model]

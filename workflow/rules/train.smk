@@ -1,0 +1,47 @@
+rule train_base:
+    """The generalist: plain cross-entropy over all classes on the whole long-tailed set."""
+    input:
+        train=list_file("train"),
+        val=list_file("val"),
+    output:
+        weights="results/{dataset}/models/base/weights.pt",
+        metrics="results/{dataset}/models/base/metrics.csv",
+    params:
+        train=section("base"),
+        backbone=section("backbone"),
+        input=section("input"),
+        root=image_root,
+    log:
+        "results/{dataset}/logs/train_base.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_base.tsv"
+    threads: EXECUTION.get("train_threads", 2)
+    resources:
+        gpu=1,
+    script:
+        "../scripts/train.py"
+
+
+rule train_expert:
+    """A (k+1)-way expert for one class split, fine-tuned from the base model."""
+    input:
+        train=list_file("train"),
+        val=list_file("val"),
+        classes="results/{dataset}/classes.csv",
+        base="results/{dataset}/models/base/weights.pt",
+    output:
+        weights="results/{dataset}/models/{expert}/weights.pt",
+        metrics="results/{dataset}/models/{expert}/metrics.csv",
+    params:
+        train=lambda wildcards: dataset_config(wildcards)["experts"][wildcards.expert],
+        input=section("input"),
+        root=image_root,
+    log:
+        "results/{dataset}/logs/train_{expert}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_{expert}.tsv"
+    threads: EXECUTION.get("train_threads", 2)
+    resources:
+        gpu=1,
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,37 @@
+"""Stage: fit the joint calibration of the experts on their validation logits."""
+
+import json
+
+import torch
+
+from balanced_experts.calibration import calibration_state, expert_outputs_from_table, fit_calibration
+from balanced_experts.logits import check_aligned, read_logits
+from balanced_experts.runtime import get_logger
+
+log = get_logger("calibrate", snakemake.log[0])
+cfg = dict(snakemake.params.calibration)
+tables = {}
+for path in snakemake.input.val:
+    table = read_logits(path)
+    tables[table.meta["model"]] = table
+check_aligned(tables)
+names = list(tables)
+experts = [expert_outputs_from_table(tables[n]) for n in names]
+labels = torch.from_numpy(tables[names[0]].labels)
+num_classes = tables[names[0]].num_classes
+log.info(f"fitting on {len(labels)} validation images, experts {names}, "
+         f"open ratios {[e.open_ratio for e in experts]}")
+model, summary = fit_calibration(
+    experts, labels, num_classes,
+    max_iter=int(cfg.get("max_iter", 200)),
+    weight_decay=float(cfg.get("weight_decay", 0.0)),
+    prior_correction=bool(cfg.get("prior_correction", True)),
+    log=log.info,
+)
+with torch.no_grad():
+    val_acc = (model(experts).argmax(1) == labels).float().mean().item() * 100
+summary["val_acc"] = val_acc
+log.info(f"calibrated experts: val top-1 {val_acc:.2f}%")
+torch.save(calibration_state(model, names), snakemake.output.calibration)
+with open(snakemake.output.summary, "w") as handle:
+    json.dump(summary, handle, indent=2)

@@ -1,0 +1,13 @@
+"""Stage: generate the embedded synthetic dataset (images + train/val/test lists)."""
+
+from pathlib import Path
+
+from balanced_experts.runtime import get_logger
+from balanced_experts.synthetic import SyntheticSpec, generate
+
+log = get_logger("synthetic_data", snakemake.log[0])
+spec = SyntheticSpec.from_config(snakemake.params.synthetic)
+log.info(f"generating {spec}")
+root = Path(snakemake.output.train).parent
+counts = generate(spec, root, log=log.info)
+log.info(f"done: {counts}")

@@ -1,0 +1,95 @@
+"""Stage: train the base model, or one expert initialised from it (one loop for both)."""
+
+import numpy as np
+
+from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
+from balanced_experts.lists import check_labels_cover, read_list
+from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.runtime import get_logger, resolve_device, setup_torch
+from balanced_experts.splits import read_class_table, split_class_ids
+from balanced_experts.training import TrainSettings, fit
+
+name = snakemake.wildcards.get("expert", "base")
+log = get_logger(f"train_{name}", snakemake.log[0])
+execution = snakemake.config.get("execution", {})
+device = resolve_device(execution.get("device", "auto"))
+train_cfg = dict(snakemake.params.train)
+settings = TrainSettings.from_config(train_cfg)
+setup_torch(snakemake.threads, settings.seed, device)
+spec = InputSpec.from_config(snakemake.params.input)
+
+train_list = read_list(snakemake.input.train)
+val_list = read_list(snakemake.input.val)
+
+if name == "base":
+    num_classes = train_list.num_classes
+    check_labels_cover(train_list, num_classes)
+    backbone = dict(snakemake.params.backbone)
+    model = build_model(backbone, num_classes)
+    parameters = set_learnable(model, -1)
+    train_idx, train_targets = np.arange(len(train_list)), train_list.labels
+    val_idx, val_targets = np.arange(len(val_list)), val_list.labels
+    outputs = list(range(num_classes))
+    extra_meta = {}
+else:
+    base, base_meta = load_model(snakemake.input.base)
+    num_classes, backbone = base_meta["num_classes"], base_meta["backbone"]
+    split_classes = split_class_ids(read_class_table(snakemake.input.classes), name)
+    if len(split_classes) == 0:
+        raise SystemExit(f"the {name}-shot split has no classes under the configured class_splits")
+    outputs = output_class_ids(split_classes)
+    model = build_model(backbone, len(outputs))
+    # The base model's feature extractor; a fresh (k+1)-way classifier head.
+    trunk_state = {k: v for k, v in base.state_dict().items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(trunk_state, strict=False)
+    assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
+    parameters = set_learnable(model, int(train_cfg["num_learnable"]))
+    train_set = expert_training_set(train_list.labels, split_classes, train_cfg["open_ratio"],
+                                    settings.seed, train_cfg.get("reject_sampling", "images"))
+    val_set = expert_validation_set(val_list.labels, split_classes, settings.seed)
+    train_idx, train_targets = train_set.indices, train_set.targets
+    val_idx, val_targets = val_set.indices, val_set.targets
+    extra_meta = {"open_ratio": float(train_cfg["open_ratio"]),
+                  "num_learnable": int(train_cfg["num_learnable"])}
+    log.info(f"{name} expert: {len(split_classes)} classes, {len(train_set)} training images "
+             f"({train_set.num_reject} reject, open_ratio {train_cfg['open_ratio']}), "
+             f"{len(val_set)} validation images ({val_set.num_reject} reject), "
+             f"num_learnable {train_cfg['num_learnable']}")
+
+check_labels_cover(val_list, num_classes)
+# Open only the images this model uses; positions are re-based onto the subsets.
+train_source = ImageSource.open(snakemake.params.root, train_list.subset(train_idx), spec)
+val_source = ImageSource.open(snakemake.params.root, val_list.subset(val_idx), spec)
+model.to(device)
+trainable = sum(p.numel() for p in parameters)
+log.info(f"{name}: {backbone['name']} on {device}, {trainable:,} trainable of "
+         f"{sum(p.numel() for p in model.parameters()):,} parameters, "
+         f"{len(train_source)} train / {len(val_source)} val images, {settings}")
+
+eval_batch = int(execution.get("eval_batch_size", 512))
+result = fit(
+    model,
+    parameters,
+    train_batches=lambda generator: train_source.batches(
+        np.arange(len(train_source)), train_targets, settings.batch_size, True, device, generator),
+    val_batches=lambda: val_source.batches(
+        np.arange(len(val_source)), val_targets, eval_batch, False, device),
+    steps_per_epoch=-(-len(train_source) // settings.batch_size),
+    settings=settings,
+    name=name,
+    metrics_path=snakemake.output.metrics,
+    log=log.info,
+)
+model.load_state_dict(result["state_dict"])
+meta = {
+    "model": name,
+    "backbone": backbone,
+    "num_classes": int(num_classes),
+    "output_class_ids": [int(c) for c in outputs],
+    "best_epoch": int(result["best_epoch"]),
+    "best_val_acc": float(result["best_val_acc"]),
+    **extra_meta,
+}
+save_checkpoint(snakemake.output.weights, model, meta)
+log.info(f"wrote {snakemake.output.weights}")
