@@ -105,7 +105,7 @@ class ImageSource:
             image = open_rgb(self.root, self.image_list, i)
             if image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
-            pixels[i] = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+            pixels[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
         return pixels
 
     # -- per-sample transforms for the file path -------------------------------------
@@ -156,7 +156,7 @@ class ImageSource:
             x = self.pixels[idx].to(device, non_blocking=True)
             if train and self.spec.augment != "none":
                 x = _random_crop_flip(x, self.spec.pad, generator)
-            x = (x.float().div_(255) - mean) / std
+            x = ((x.float().div_(255) - mean) / std).contiguous(memory_format=torch.channels_last)
             yield x, targets[start:start + batch_size].to(device, non_blocking=True)
 
     def _file_batches(self, indices, targets, batch_size, train, device, generator):
@@ -175,7 +175,8 @@ class ImageSource:
             generator=torch.Generator().manual_seed(seed),
         )
         for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yield x, y.to(device, non_blocking=True)
 
 
 def _random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -134,12 +134,14 @@ class LongTailNet(nn.Module):
 
 
 def build_model(backbone_cfg: dict, num_outputs: int) -> LongTailNet:
-    return LongTailNet(
+    """A model in channels-last layout, which is faster for convolutions on CPUs and GPUs."""
+    model = LongTailNet(
         backbone_cfg["name"],
         num_outputs,
         embed_dim=backbone_cfg.get("embed_dim", 512),
         width=backbone_cfg.get("width"),
     )
+    return model.to(memory_format=torch.channels_last)
 
 
 def set_learnable(model: LongTailNet, num_learnable: int) -> list[nn.Parameter]:

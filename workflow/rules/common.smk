@@ -23,6 +23,17 @@ wildcard_constraints:
     split="|".join(DATA_SPLITS),
 
 
+def code(script, *modules):
+    """A stage's program and the library modules it runs, declared as inputs.
+
+    Snakemake reruns a `script:` rule whenever the script's mtime changes; the default
+    profile turns that `code` trigger off and these inputs take its place: an edit
+    changes their checksum and reruns the stage, a mere touch does not, and editing a
+    library module reruns exactly the stages that use it.
+    """
+    return [f"workflow/scripts/{script}.py"] + [f"src/balanced_experts/{m}.py" for m in modules]
+
+
 def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
 

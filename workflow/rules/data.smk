@@ -1,5 +1,7 @@
 rule synthetic_data:
     """Generate the embedded long-tailed dataset: PNG images plus train/val/test lists."""
+    input:
+        code=code("synthetic_data", "synthetic", "lists"),
     output:
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
@@ -16,6 +18,7 @@ rule classes:
     """Per-class training counts and the many/medium/few split, from the train list alone."""
     input:
         train=list_file("train"),
+        code=code("classes", "lists", "splits"),
     output:
         classes="results/{dataset}/classes.csv",
     params:

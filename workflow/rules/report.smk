@@ -5,6 +5,7 @@ rule report:
         base="results/{dataset}/logits/base/test.parquet",
         experts=expand("results/{{dataset}}/logits/{expert}/test.parquet", expert=EXPERTS),
         calibration="results/{dataset}/calibration/calibration.pt",
+        code=code("report", "report", "calibration", "logits", "metrics", "splits"),
     output:
         report="results/{dataset}/report.csv",
     log:

@@ -1,8 +1,13 @@
+# Library modules a training job runs (see `code` in common.smk).
+TRAIN_MODULES = ("data", "experts", "lists", "models", "runtime", "splits", "training")
+
+
 rule train_base:
     """The generalist: plain cross-entropy over all classes on the whole long-tailed set."""
     input:
         train=list_file("train"),
         val=list_file("val"),
+        code=code("train", *TRAIN_MODULES),
     output:
         weights="results/{dataset}/models/base/weights.pt",
         metrics="results/{dataset}/models/base/metrics.csv",
@@ -29,6 +34,7 @@ rule train_expert:
         val=list_file("val"),
         classes="results/{dataset}/classes.csv",
         base="results/{dataset}/models/base/weights.pt",
+        code=code("train", *TRAIN_MODULES),
     output:
         weights="results/{dataset}/models/{expert}/weights.pt",
         metrics="results/{dataset}/models/{expert}/metrics.csv",
@@ -40,7 +46,7 @@ rule train_expert:
         "results/{dataset}/logs/train_{expert}.log",
     benchmark:
         "results/{dataset}/benchmarks/train_{expert}.tsv"
-    threads: EXECUTION.get("train_threads", 2)
+    threads: EXECUTION.get("expert_threads", 1)
     resources:
         gpu=1,
     script:

@@ -1,0 +1,104 @@
+"""Shared test helpers: a tiny workflow copy and a real Snakemake runner."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A dataset small enough that every stage takes seconds on one CPU core:
+# 8 classes, 48 -> 4 training images, 12x12 pixels, a 4-wide ResNet-8.
+TINY_DATASET = {
+    "data": {
+        "kind": "synthetic",
+        "synthetic": {"num_classes": 8, "max_count": 48, "imbalance": 12, "val_per_class": 4,
+                      "test_per_class": 6, "image_size": 12, "difficulty": 1.0, "seed": 0},
+    },
+    "class_splits": {"many_threshold": 24, "few_threshold": 8},
+    "input": {"size": 12, "augment": "crop_flip", "preload": True, "pad": 2,
+              "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    "backbone": {"name": "resnet_cifar8", "width": 4, "embed_dim": 16},
+    "base": {"epochs": 2, "batch_size": 32, "lr": 0.05, "seed": 0},
+    "experts": {
+        "many": {"open_ratio": 4, "num_learnable": -1, "epochs": 2, "patience": 2, "batch_size": 16,
+                 "lr": 0.01, "seed": 1},
+        "medium": {"open_ratio": 2, "num_learnable": 3, "epochs": 2, "batch_size": 16, "lr": 0.01,
+                   "seed": 2},
+        "few": {"open_ratio": 2, "num_learnable": 3, "epochs": 2, "batch_size": 8, "lr": 0.01,
+                "seed": 3},
+    },
+    "calibration": {"max_iter": 20},
+}
+
+
+def tiny_config() -> dict:
+    import copy
+
+    return {
+        "default_datasets": ["tiny"],
+        "execution": {"device": "cpu", "eval_batch_size": 64, "train_threads": 1,
+                      "expert_threads": 1, "logits_threads": 1},
+        "datasets": {"tiny": copy.deepcopy(TINY_DATASET)},
+    }
+
+
+def copy_workflow(dest: Path, config: dict | None = None) -> Path:
+    """Copy the workflow (Snakefile, workflow/, src/, profiles/) into ``dest`` with its own config.yaml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "workflow", dest / "workflow", ignore=ignore)
+    shutil.copytree(REPO / "src", dest / "src", ignore=ignore)
+    shutil.copytree(REPO / "profiles", dest / "profiles", ignore=ignore)
+    write_config(dest, config if config is not None else tiny_config())
+    return dest
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real ``snakemake`` of this interpreter's environment in ``workdir``."""
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe) if exe.exists() else "snakemake", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+_JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):\s*$")
+
+
+def planned_jobs(workdir: Path, *targets: str) -> set[tuple[str, str]]:
+    """``(rule, wildcards)`` of every job a dry run would execute (``all`` left out)."""
+    result = snakemake(workdir, "-n", "--cores", "2", *targets)
+    jobs: list[list[str]] = []
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        header = _JOB_HEADER.match(line.strip())
+        if header:
+            jobs.append([header.group(1), ""])
+        elif jobs and line.startswith("    wildcards:"):
+            jobs[-1][1] = line.strip().removeprefix("wildcards:").strip()
+    return {(rule, wildcards) for rule, wildcards in jobs if rule != "all"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One complete run of the whole DAG on the tiny config, shared by the pipeline tests."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny_run"))
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from balanced_experts.calibration import (ExpertOutputs, JointCalibration, calibration_from_state,
+                                          calibration_state, fit_calibration, fuse,
+                                          oracle_predictions, reject_prior_shift)
+
+
+def two_experts():
+    # Expert A owns classes 0 and 2 (open_ratio 1), expert B owns class 1 (open_ratio 3).
+    a = ExpertOutputs(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0, 2]), open_ratio=1.0)
+    b = ExpertOutputs(torch.tensor([[0.0, 0.0]]), torch.tensor([1]), open_ratio=3.0)
+    return [a, b]
+
+
+def test_reject_prior_shift():
+    assert reject_prior_shift(1) == 0.0
+    assert reject_prior_shift(16) == pytest.approx(math.log(8.5))
+    assert reject_prior_shift(8) == pytest.approx(math.log(4.5))
+
+
+def test_naive_fusion_hand_computed():
+    # A: softmax(1, 0, 0) = (0.576117, 0.211942, [reject 0.211942]); B: softmax(0, 0) = (0.5, [0.5]).
+    # Scatter -> (0.576117, 0.5, 0.211942), sum 1.288059 -> (0.447275, 0.388181, 0.164543).
+    probs = fuse(two_experts(), 3, prior_correction=False).exp()
+    assert probs[0].tolist() == pytest.approx([0.447275, 0.388181, 0.164543], abs=1e-5)
+
+
+def test_prior_corrected_fusion_hand_computed():
+    # B's reject logit gets log((1 + 3) / 2) = log 2: softmax(0, log 2) = (1/3, [2/3]).
+    # Scatter -> (0.576117, 0.333333, 0.211942), sum 1.121392 -> (0.513753, 0.297249, 0.188998).
+    probs = fuse(two_experts(), 3, prior_correction=True).exp()
+    assert probs[0].tolist() == pytest.approx([0.513753, 0.297249, 0.188998], abs=1e-5)
+
+
+def test_scale_and_bias_apply_per_output_before_the_softmax():
+    model = JointCalibration([2, 1], 3, prior_correction=False)
+    with torch.no_grad():
+        model.scales[0].copy_(torch.tensor([2.0, 1.0, 1.0]))  # A's class-0 logit 1 -> 2
+        model.biases[1].copy_(torch.tensor([0.0, math.log(3.0)]))  # B's reject prior x3
+    probs = model(two_experts()).exp()[0]
+    a0, a2 = math.exp(2) / (math.exp(2) + 2), 1 / (math.exp(2) + 2)
+    b1 = 1 / (1 + 3)
+    total = a0 + b1 + a2
+    assert probs.tolist() == pytest.approx([a0 / total, b1 / total, a2 / total], abs=1e-6)
+
+
+def synthetic_expert_logits(n_per_class=40, seed=0):
+    """Three experts over 9 classes whose reject outputs are badly biased."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(9).repeat_interleave(n_per_class)
+    experts = []
+    for owned, ratio, reject_bias in (([0, 1, 2], 16, 3.0), ([3, 4, 5], 8, 1.0), ([6, 7, 8], 8, -2.0)):
+        owned_t = torch.tensor(owned)
+        logits = torch.randn(len(labels), 4, generator=g)
+        for j, c in enumerate(owned):
+            logits[labels == c, j] += 3.0
+        logits[~torch.isin(labels, owned_t), 3] += 3.0
+        logits[:, 3] += reject_bias
+        experts.append(ExpertOutputs(logits, owned_t, ratio))
+    return experts, labels
+
+
+def test_fit_lowers_nll_and_round_trips():
+    experts, labels = synthetic_expert_logits()
+    before = torch.nn.functional.nll_loss(fuse(experts, 9, prior_correction=True), labels).item()
+    model, summary = fit_calibration(experts, labels, 9, max_iter=100, log=lambda _: None)
+    assert summary["val_nll_before"] == pytest.approx(before, rel=1e-5)
+    assert summary["val_nll_after"] < 0.8 * before
+    with torch.no_grad():
+        log_probs = model(experts)
+        assert torch.allclose(log_probs.exp().sum(1), torch.ones(len(labels)), atol=1e-5)
+        restored = calibration_from_state(calibration_state(model, ["many", "medium", "few"]))
+        assert torch.allclose(restored(experts), log_probs)
+    # On held-out samples of the same kind the calibrated fusion is more accurate.
+    test_experts, test_labels = synthetic_expert_logits(seed=1)
+    with torch.no_grad():
+        naive = (fuse(test_experts, 9).argmax(1) == test_labels).float().mean()
+        calibrated = (model(test_experts).argmax(1) == test_labels).float().mean()
+    assert calibrated > naive
+
+
+def test_oracle_routes_to_the_owning_expert():
+    a = ExpertOutputs(torch.tensor([[5.0, 1.0, 9.0], [0.0, 2.0, 0.0]]), torch.tensor([0, 2]), 1.0)
+    b = ExpertOutputs(torch.tensor([[1.0, 0.0], [1.0, 9.0]]), torch.tensor([1]), 1.0)
+    # Sample 0 (label 0) goes to A: best class among {0, 2} is 0 (reject ignored).
+    # Sample 1 (label 1) goes to B: its only class is 1, whatever the reject says.
+    assert oracle_predictions([a, b], torch.tensor([0, 1])).tolist() == [0, 1]
+    assert oracle_predictions([a, b], torch.tensor([2, 1])).tolist() == [0, 1]

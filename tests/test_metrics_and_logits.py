@@ -1,0 +1,67 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from balanced_experts.experts import REJECT
+from balanced_experts.logits import LogitsTable, check_aligned, read_logits, write_logits
+from balanced_experts.metrics import four_fold_accuracy, per_class_accuracy
+
+
+def test_four_fold_slicing_hand_labelled():
+    class_split = ["many", "many", "medium", "few"]
+    labels = [0, 0, 1, 1, 2, 2, 2, 3, 3, 3]
+    preds = [0, 1, 1, 1, 2, 0, 0, 3, 0, 0]
+    # many: samples 0-3 -> 3/4 right; medium: samples 4-6 -> 1/3; few: 7-9 -> 1/3; all 5/10.
+    acc = four_fold_accuracy(preds, labels, class_split)
+    assert acc["many"] == pytest.approx(75.0)
+    assert acc["medium"] == pytest.approx(100 / 3)
+    assert acc["few"] == pytest.approx(100 / 3)
+    assert acc["all"] == pytest.approx(50.0)
+    assert per_class_accuracy(preds, labels, 5)[:4].tolist() == pytest.approx([50.0, 100.0, 100 / 3, 100 / 3])
+    assert np.isnan(per_class_accuracy(preds, labels, 5)[4])
+
+
+def test_empty_split_is_nan():
+    acc = four_fold_accuracy([0, 1], [0, 1], ["many", "medium", "few"])
+    assert np.isnan(acc["few"]) and acc["all"] == 100.0
+
+
+def make_table(n=5, model="few", seed=0):
+    rng = np.random.default_rng(seed)
+    return LogitsTable(
+        logits=rng.normal(size=(n, 3)).astype(np.float32),
+        labels=np.array([4, 7, 0, 4, 1][:n]),
+        sample_ids=np.arange(n),
+        paths=[f"images/{i}.png" for i in range(n)],
+        output_class_ids=np.array([4, 7, REJECT]),
+        meta={"model": model, "split": "val", "num_classes": 9, "open_ratio": 8.0},
+    )
+
+
+def test_parquet_round_trip_and_pandas(tmp_path):
+    table = make_table()
+    path = tmp_path / "few" / "val.parquet"
+    write_logits(path, table)
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == ["sample_id", "path", "label", "logit_4", "logit_7", "logit_reject"]
+    assert frame["logit_7"].dtype == np.float32
+    back = read_logits(path)
+    assert np.array_equal(back.logits, table.logits)
+    assert np.array_equal(back.labels, table.labels)
+    assert back.paths == table.paths
+    assert back.output_class_ids.tolist() == [4, 7, REJECT]
+    assert back.class_ids.tolist() == [4, 7]
+    assert back.meta["open_ratio"] == 8.0 and back.is_expert
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_alignment_check():
+    a, b = make_table(model="many"), make_table(model="few", seed=1)
+    check_aligned({"many": a, "few": b})
+    shuffled = make_table(model="few")
+    shuffled.sample_ids = shuffled.sample_ids[::-1].copy()
+    with pytest.raises(ValueError, match="not row-aligned"):
+        check_aligned({"many": a, "few": shuffled})
+    shorter = make_table(n=4)
+    with pytest.raises(ValueError, match="not row-aligned"):
+        check_aligned({"many": a, "few": shorter})

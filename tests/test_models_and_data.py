@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.lists import read_list
+from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.synthetic import SyntheticSpec, generate, long_tail_counts
+
+BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}
+
+
+def trainable_names(model):
+    return {name.split(".")[0] if not name.startswith("trunk") else ".".join(name.split(".")[:2])
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_num_learnable_selects_modules():
+    model = build_model(BACKBONE, 5)
+    set_learnable(model, 1)
+    assert trainable_names(model) == {"classifier"}
+    set_learnable(model, 2)
+    assert trainable_names(model) == {"classifier", "fc"}
+    set_learnable(model, 3)
+    assert trainable_names(model) == {"classifier", "fc", "trunk.layer3"}
+    set_learnable(model, 5)
+    assert trainable_names(model) == {"classifier", "fc", "trunk.layer1", "trunk.layer2", "trunk.layer3"}
+    set_learnable(model, -1)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="backbone has 3"):
+        set_learnable(model, 6)
+
+
+def test_frozen_layers_do_not_change_in_training():
+    from balanced_experts.models import train_mode
+
+    model = build_model(BACKBONE, 3)
+    params = set_learnable(model, 2)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("trunk")}
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    train_mode(model)
+    for _ in range(3):
+        loss = model(torch.randn(4, 3, 12, 12)).logsumexp(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # Weights and BatchNorm running statistics of the frozen trunk are untouched.
+    for key, value in model.state_dict().items():
+        if key in frozen:
+            assert torch.equal(value, frozen[key]), key
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path):
+    model = build_model(BACKBONE, 4)
+    meta = {"model": "few", "backbone": BACKBONE, "num_classes": 9, "output_class_ids": [1, 5, 8, -1],
+            "open_ratio": 8.0}
+    save_checkpoint(tmp_path / "w.pt", model, meta)
+    loaded, loaded_meta = load_model(tmp_path / "w.pt")
+    assert loaded_meta == meta
+    x = torch.randn(2, 3, 12, 12)
+    model.eval(), loaded.eval()
+    assert torch.allclose(model(x), loaded(x))
+    # The file holds only tensors and builtins: the safe unpickler accepts it.
+    torch.load(tmp_path / "w.pt", weights_only=True)
+
+
+def test_synthetic_dataset_is_deterministic_and_long_tailed(tmp_path):
+    spec = SyntheticSpec(num_classes=6, max_count=30, imbalance=10, val_per_class=2,
+                         test_per_class=3, image_size=10, seed=3)
+    counts = generate(spec, tmp_path / "a", log=lambda _: None)
+    generate(spec, tmp_path / "b", log=lambda _: None)
+    assert counts == {"train": sum(long_tail_counts(6, 30, 10)), "val": 12, "test": 18}
+    assert long_tail_counts(6, 30, 10).tolist() == [30, 18, 11, 7, 4, 3]
+    train = read_list(tmp_path / "a" / "train.txt")
+    assert train.class_counts().tolist() == [30, 18, 11, 7, 4, 3]
+    first = tmp_path / "a" / train.paths[0]
+    assert (tmp_path / "a" / "train.txt").read_bytes() == (tmp_path / "b" / "train.txt").read_bytes()
+    assert first.read_bytes() == (tmp_path / "b" / train.paths[0]).read_bytes()
+    with Image.open(first) as image:
+        assert image.format == "PNG" and image.size == (10, 10) and image.mode == "RGB"
+    # Images of one class vary; images of different classes differ more on average.
+    pixels = {c: np.stack([np.asarray(Image.open(tmp_path / "a" / p), dtype=float)
+                           for p, y in zip(train.paths, train.labels) if y == c]) for c in (0, 1)}
+    within = np.abs(pixels[0][:15] - pixels[0][15:30]).mean()
+    between = np.abs(pixels[0][:15] - pixels[1][:15]).mean()
+    assert 0 < within < between
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    generate(SyntheticSpec(num_classes=3, max_count=10, imbalance=2, val_per_class=2,
+                           test_per_class=2, image_size=16, seed=0), root, log=lambda _: None)
+    return root
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_batches_cover_every_sample_once(small_root, preload):
+    image_list = read_list(small_root / "train.txt")
+    spec = InputSpec(size=16, augment="crop_flip", preload=preload, workers=0)
+    source = ImageSource.open(small_root, image_list, spec)
+    positions = np.arange(len(image_list))
+    generator = torch.Generator().manual_seed(0)
+    seen = torch.cat([y for _, y in source.batches(positions, positions, 4, True, torch.device("cpu"), generator)])
+    assert sorted(seen.tolist()) == positions.tolist()
+    x, _ = next(source.batches(positions, image_list.labels, 5, False, torch.device("cpu")))
+    assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32
+
+
+def test_preloaded_and_file_paths_agree_at_eval(small_root):
+    image_list = read_list(small_root / "val.txt")
+    positions = np.arange(len(image_list))
+    tensors = [
+        next(ImageSource.open(small_root, image_list, InputSpec(size=16, augment="crop_flip", preload=p,
+                                                                 resize=16, workers=0))
+             .batches(positions, image_list.labels, 64, False, torch.device("cpu")))[0]
+        for p in (True, False)
+    ]
+    assert torch.allclose(tensors[0], tensors[1], atol=1e-5)
+
+
+def test_augmentation_is_reproducible_and_changes_images(small_root):
+    image_list = read_list(small_root / "train.txt")
+    source = ImageSource.open(small_root, image_list, InputSpec(size=16, augment="crop_flip", preload=True))
+    positions = np.arange(len(image_list))
+
+    def first_batch(seed):
+        g = torch.Generator().manual_seed(seed)
+        return next(source.batches(positions, positions, 8, True, torch.device("cpu"), g))
+
+    (x1, y1), (x2, y2), (x3, _) = first_batch(1), first_batch(1), first_batch(2)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
+
+
+def test_unreadable_image_names_file_and_entry(tmp_path, small_root):
+    image_list = read_list(small_root / "val.txt")
+    broken = tmp_path / "root"
+    broken.mkdir()
+    for rel in image_list.paths:
+        (broken / rel).parent.mkdir(parents=True, exist_ok=True)
+        (broken / rel).write_bytes((small_root / rel).read_bytes())
+    (broken / image_list.paths[2]).write_bytes(b"not a png")
+    with pytest.raises(ImageFileError, match=r"entry 3 of .*val.txt"):
+        ImageSource.open(broken, image_list, InputSpec(size=16, preload=True))

@@ -1,0 +1,125 @@
+"""The whole DAG through real Snakemake on the tiny config: outputs, logs, and rerun sets."""
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from balanced_experts.logits import read_logits
+from conftest import copy_workflow, planned_jobs, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("base", "many", "medium", "few")
+SPLITS = ("train", "val", "test")
+
+
+def test_report_has_every_method_and_fold(tiny_run):
+    report = pd.read_csv(tiny_run / "results/tiny/report.csv")
+    assert list(report.columns) == ["method", "many", "medium", "few", "all"]
+    assert {"base", "experts_naive", "experts_calibrated", "oracle"} <= set(report["method"])
+    values = report[["many", "medium", "few", "all"]].to_numpy()
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= 100).all()
+    classes = pd.read_csv(tiny_run / "results/tiny/classes.csv")
+    assert list(classes.columns) == ["class_id", "train_count", "split"]
+    assert set(classes["split"]) == {"many", "medium", "few"}
+
+
+def test_logits_of_every_model_and_split_are_aligned(tiny_run):
+    classes = pd.read_csv(tiny_run / "results/tiny/classes.csv")
+    for split in SPLITS:
+        tables = {m: read_logits(tiny_run / f"results/tiny/logits/{m}/{split}.parquet") for m in MODELS}
+        frame = pd.read_parquet(tiny_run / f"results/tiny/logits/base/{split}.parquet")
+        list_lines = (tiny_run / f"results/tiny/data/{split}.txt").read_text().splitlines()
+        assert len(frame) == len(list_lines)
+        assert frame["path"].tolist() == [line.rsplit(" ", 1)[0] for line in list_lines]
+        for model, table in tables.items():
+            assert np.array_equal(table.sample_ids, tables["base"].sample_ids)
+            assert np.array_equal(table.labels, tables["base"].labels)
+            if model == "base":
+                assert table.output_class_ids.tolist() == list(range(len(classes)))
+            else:
+                expected = classes.loc[classes["split"] == model, "class_id"].tolist()
+                assert table.output_class_ids.tolist() == expected + [-1]
+                assert table.meta["open_ratio"] == tiny_config()["datasets"]["tiny"]["experts"][model]["open_ratio"]
+
+
+def test_logs_metrics_and_benchmarks(tiny_run):
+    results = tiny_run / "results/tiny"
+    for model in MODELS:
+        log = (results / f"logs/train_{model}.log").read_text()
+        assert f"{model} epoch 1/2 loss" in log and "val_acc" in log and "ETA" in log
+        metrics = pd.read_csv(results / f"models/{model}/metrics.csv")
+        assert list(metrics.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+        assert len(metrics) >= 1
+        assert (results / f"benchmarks/train_{model}.tsv").exists()
+        for split in SPLITS:
+            assert (results / f"benchmarks/logits_{model}_{split}.tsv").exists()
+    assert "few expert:" in (results / "logs/train_few.log").read_text()
+    assert "calibration: val NLL" in (results / "logs/calibrate.log").read_text()
+
+
+def test_second_invocation_has_nothing_to_do(tiny_run):
+    assert planned_jobs(tiny_run) == set()
+
+
+def test_touching_files_reruns_nothing(tiny_run):
+    later = time.time() + 5
+    for rel in ("results/tiny/classes.csv", "results/tiny/data/train.txt",
+                "results/tiny/models/base/weights.pt", "results/tiny/logits/few/val.parquet",
+                "workflow/scripts/report.py", "src/balanced_experts/training.py"):
+        os.utime(tiny_run / rel, (later, later))
+    assert planned_jobs(tiny_run) == set()
+
+
+@pytest.fixture
+def edited_run(tiny_run, tmp_path):
+    """A copy of the finished tiny run, to edit without disturbing the other tests."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    return workdir
+
+
+def test_editing_one_expert_reruns_only_its_chain(edited_run):
+    config = yaml.safe_load((edited_run / "config.yaml").read_text())
+    config["datasets"]["tiny"]["experts"]["few"]["lr"] = 0.02
+    write_config(edited_run, config)
+    assert planned_jobs(edited_run) == {
+        ("train_expert", "dataset=tiny, expert=few"),
+        ("logits", "dataset=tiny, model=few, split=train"),
+        ("logits", "dataset=tiny, model=few, split=val"),
+        ("logits", "dataset=tiny, model=few, split=test"),
+        ("calibrate", "dataset=tiny"),
+        ("report", "dataset=tiny"),
+    }
+
+
+def test_editing_the_report_script_reruns_only_the_report(edited_run):
+    script = edited_run / "workflow/scripts/report.py"
+    script.write_text(script.read_text() + "\n# an edit\n")
+    assert planned_jobs(edited_run) == {("report", "dataset=tiny")}
+
+
+def test_editing_class_splits_keeps_the_base_model(edited_run):
+    config = yaml.safe_load((edited_run / "config.yaml").read_text())
+    config["datasets"]["tiny"]["class_splits"]["many_threshold"] = 20
+    write_config(edited_run, config)
+    jobs = planned_jobs(edited_run)
+    rules = {rule for rule, _ in jobs}
+    assert "classes" in rules and "train_base" not in rules and "synthetic_data" not in rules
+    assert ("logits", "dataset=tiny, model=base, split=test") not in jobs
+
+
+def test_rerun_after_edit_completes(edited_run):
+    config = yaml.safe_load((edited_run / "config.yaml").read_text())
+    config["datasets"]["tiny"]["calibration"]["max_iter"] = 5
+    write_config(edited_run, config)
+    before = (edited_run / "results/tiny/models/base/weights.pt").stat().st_mtime_ns
+    snakemake(edited_run, "--cores", "2")
+    assert (edited_run / "results/tiny/models/base/weights.pt").stat().st_mtime_ns == before
+    assert planned_jobs(edited_run) == set()
