@@ -8,6 +8,8 @@ rule calibrate:
         summary="results/{dataset}/calibration/summary.json",
     params:
         calibration=section("calibration"),
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/calibrate.log",
     benchmark:

@@ -8,6 +8,8 @@ rule synthetic_data:
         test="results/{dataset}/data/test.txt",
     params:
         synthetic=section("data", "synthetic"),
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/synthetic_data.log",
     script:
@@ -23,6 +25,8 @@ rule classes:
         classes="results/{dataset}/classes.csv",
     params:
         class_splits=section("class_splits"),
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/classes.log",
     script:

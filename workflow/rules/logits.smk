@@ -9,6 +9,8 @@ rule logits:
     params:
         input=section("input"),
         root=image_root,
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/logits_{model}_{split}.log",
     benchmark:

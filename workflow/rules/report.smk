@@ -8,6 +8,8 @@ rule report:
         code=code("report", "report", "calibration", "logits", "metrics", "splits"),
     output:
         report="results/{dataset}/report.csv",
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/report.log",
     script:

@@ -16,6 +16,8 @@ rule train_base:
         backbone=section("backbone"),
         input=section("input"),
         root=image_root,
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/train_base.log",
     benchmark:
@@ -42,6 +44,8 @@ rule train_expert:
         train=lambda wildcards: dataset_config(wildcards)["experts"][wildcards.expert],
         input=section("input"),
         root=image_root,
+    conda:
+        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/train_{expert}.log",
     benchmark:
