@@ -13,6 +13,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -22,9 +25,10 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
-    """Reports of the default datasets, and the logits of every model on every split."""
+    """Reports and plots of the default datasets, and the logits of every model on every split."""
     input:
         expand("results/{dataset}/report.csv", dataset=config.get("default_datasets", ["synthetic"])),
+        expand("results/{dataset}/plots/per_class_accuracy.png", dataset=config.get("default_datasets", ["synthetic"])),
         expand(
             "results/{dataset}/logits/{model}/{split}.parquet",
             dataset=config.get("default_datasets", ["synthetic"]),

@@ -36,6 +36,7 @@ TINY_DATASET = {
         "few": {"open_ratio": 2, "num_learnable": 3, "epochs": 2, "batch_size": 8, "lr": 0.01,
                 "seed": 3},
     },
+    "crt": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 4},
     "calibration": {"max_iter": 20},
 }
 

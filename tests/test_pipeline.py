@@ -13,16 +13,23 @@ from conftest import copy_workflow, planned_jobs, snakemake, tiny_config, write_
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("base", "many", "medium", "few")
+MODELS = ("base", "many", "medium", "few", "crt")
+METHODS = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "experts_naive", "experts_prior",
+           "experts_calibrated", "oracle"]
 SPLITS = ("train", "val", "test")
 
 
 def test_report_has_every_method_and_fold(tiny_run):
     report = pd.read_csv(tiny_run / "results/tiny/report.csv")
-    assert list(report.columns) == ["method", "many", "medium", "few", "all"]
-    assert {"base", "experts_naive", "experts_calibrated", "oracle"} <= set(report["method"])
+    assert list(report.columns) == ["method", "many", "medium", "few", "all", "ece", "nll"]
+    assert report["method"].tolist() == METHODS
     values = report[["many", "medium", "few", "all"]].to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 100).all()
+    with_probabilities = report[report["method"] != "oracle"]
+    assert (with_probabilities["ece"].between(0, 100)).all() and (with_probabilities["nll"] > 0).all()
+    assert report.loc[report["method"] == "oracle", ["ece", "nll"]].isna().all(axis=None)
+    counts = pd.read_csv(tiny_run / "results/tiny/split_counts.csv")
+    assert counts["split"].tolist() == ["many", "medium", "few"]
     classes = pd.read_csv(tiny_run / "results/tiny/classes.csv")
     assert list(classes.columns) == ["class_id", "train_count", "split"]
     assert set(classes["split"]) == {"many", "medium", "few"}
@@ -39,7 +46,7 @@ def test_logits_of_every_model_and_split_are_aligned(tiny_run):
         for model, table in tables.items():
             assert np.array_equal(table.sample_ids, tables["base"].sample_ids)
             assert np.array_equal(table.labels, tables["base"].labels)
-            if model == "base":
+            if model in ("base", "crt"):
                 assert table.output_class_ids.tolist() == list(range(len(classes)))
             else:
                 expected = classes.loc[classes["split"] == model, "class_id"].tolist()
@@ -97,6 +104,42 @@ def test_editing_one_expert_reruns_only_its_chain(edited_run):
         ("calibrate", "dataset=tiny"),
         ("report", "dataset=tiny"),
     }
+
+
+def test_per_class_table_agrees_with_the_four_fold_report(tiny_run):
+    report = pd.read_csv(tiny_run / "results/tiny/report.csv").set_index("method")
+    per_class = pd.read_csv(tiny_run / "results/tiny/per_class.csv")
+    assert list(per_class.columns) == ["class_id", "train_count", "split"] + METHODS
+    test_counts = np.bincount(read_logits(tiny_run / "results/tiny/logits/base/test.parquet").labels)
+    for method in METHODS:
+        for split in ("many", "medium", "few"):
+            part = per_class["split"] == split
+            weighted = np.average(per_class.loc[part, method], weights=test_counts[part.to_numpy()])
+            assert weighted == pytest.approx(report.loc[method, split], abs=0.01)
+        overall = np.average(per_class[method], weights=test_counts)
+        assert overall == pytest.approx(report.loc[method, "all"], abs=0.01)
+
+
+def test_plots_and_html_report(tiny_run, tmp_path):
+    import base64
+    import re
+
+    from PIL import Image
+
+    for name in ("per_class_accuracy", "reliability", "training_curves", "long_tail"):
+        with Image.open(tiny_run / f"results/tiny/plots/{name}.png") as image:
+            assert image.format == "PNG" and image.size[0] > 300
+            image.verify()
+    html = tmp_path / "report.html"
+    snakemake(tiny_run, "--report", str(html))
+    text = html.read_text()
+    assert text.lstrip().lower().startswith("<!doctype html")
+    embedded = re.search(r"data:text/csv;charset=utf8;filename=report\.csv;base64,([A-Za-z0-9+/=]+)", text)
+    assert embedded, "report.csv is not embedded in the HTML report"
+    table = base64.b64decode(embedded.group(1)).decode()
+    for method in METHODS:
+        assert f"\n{method}," in table
+    assert text.count("data:image/png") >= 4
 
 
 def test_editing_the_report_script_reruns_only_the_report(edited_run):

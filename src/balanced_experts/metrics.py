@@ -33,3 +33,38 @@ def four_fold_accuracy(predictions, labels, class_split) -> dict[str, float]:
         out[name] = 100.0 * correct[mask].mean() if mask.any() else float("nan")
     out["all"] = 100.0 * correct.mean()
     return out
+
+
+def negative_log_likelihood(probs, labels, eps: float = 1e-12) -> float:
+    """Mean ``-log p(true class)``; probabilities are clipped at ``eps`` so a zero gives a finite value."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], eps, None)).mean())
+
+
+def reliability_bins(confidence, correct, bins: int = 15):
+    """Per confidence bin (equal width on [0, 1]): count, mean confidence and accuracy.
+
+    ``confidence`` is the top-1 probability of each sample, ``correct`` whether the top-1
+    is the true class. Bin ``b`` holds confidences in ``(b/bins, (b+1)/bins]``.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(index, weights=correct, minlength=bins) / count
+    return count, mean_conf, accuracy
+
+
+def binned_calibration_error(count, mean_conf, accuracy) -> float:
+    """ECE (%) from :func:`reliability_bins`: the count-weighted mean |confidence - accuracy|."""
+    used = count > 0
+    return float(100.0 * np.sum(count[used] * np.abs(mean_conf[used] - accuracy[used])) / count.sum())
+
+
+def expected_calibration_error(probs, labels, bins: int = 15) -> float:
+    """ECE (%) of the top-1 prediction of ``probs`` (N x C) against ``labels``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    correct = probs.argmax(1) == np.asarray(labels)
+    return binned_calibration_error(*reliability_bins(probs.max(1), correct, bins))

@@ -11,7 +11,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYT
 
 DATASETS = list(config["datasets"])
 EXPERTS = ["many", "medium", "few"]
-MODELS = ["base"] + EXPERTS
+# Every model whose logits are written: the base model, the experts, and the cRT baseline.
+MODELS = ["base"] + EXPERTS + ["crt"]
 DATA_SPLITS = ["train", "val", "test"]
 EXECUTION = config.get("execution", {})
 

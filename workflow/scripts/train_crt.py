@@ -1,0 +1,52 @@
+"""Stage: cRT baseline, a class-balanced classifier re-trained on frozen base features."""
+
+import numpy as np
+import torch
+
+from balanced_experts.crt import (balanced_feature_batches, extract_features, feature_batches,
+                                  fresh_classifier)
+from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.lists import read_list
+from balanced_experts.models import load_model, save_checkpoint
+from balanced_experts.runtime import get_logger, resolve_device, setup_torch
+from balanced_experts.training import TrainSettings, fit
+
+log = get_logger("train_crt", snakemake.log[0])
+execution = snakemake.config.get("execution", {})
+device = resolve_device(execution.get("device", "auto"))
+settings = TrainSettings.from_config(dict(snakemake.params.train))
+setup_torch(snakemake.threads, settings.seed, device)
+spec = InputSpec.from_config(snakemake.params.input)
+eval_batch = int(execution.get("eval_batch_size", 512))
+
+model, meta = load_model(snakemake.input.base)
+model.to(device)
+features, labels = {}, {}
+for split, path in (("train", snakemake.input.train), ("val", snakemake.input.val)):
+    image_list = read_list(path)
+    source = ImageSource.open(snakemake.params.root, image_list, spec)
+    positions = np.arange(len(image_list))
+    batches = source.batches(positions, image_list.labels, eval_batch, train=False, device=device)
+    features[split] = extract_features(model, batches, len(image_list))
+    labels[split] = torch.as_tensor(image_list.labels)
+    log.info(f"features of {len(image_list)} {split} images: {tuple(features[split].shape)}")
+
+classifier = fresh_classifier(features["train"].shape[1], meta["num_classes"]).to(device)
+result = fit(
+    classifier,
+    list(classifier.parameters()),
+    train_batches=lambda generator: balanced_feature_batches(
+        features["train"], labels["train"], settings.batch_size, device, generator),
+    val_batches=lambda: feature_batches(features["val"], labels["val"], eval_batch, device),
+    steps_per_epoch=-(-len(labels["train"]) // settings.batch_size),
+    settings=settings,
+    name="crt",
+    metrics_path=snakemake.output.metrics,
+    log=log.info,
+)
+classifier.load_state_dict(result["state_dict"])
+model.classifier.load_state_dict(classifier.state_dict())
+save_checkpoint(snakemake.output.weights, model,
+                {**meta, "model": "crt", "best_epoch": int(result["best_epoch"]),
+                 "best_val_acc": float(result["best_val_acc"])})
+log.info(f"wrote {snakemake.output.weights}")
