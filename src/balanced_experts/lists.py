@@ -107,10 +107,11 @@ def check_labels_cover(image_list: ImageList, num_classes: int) -> None:
     if missing.size:
         shown = ", ".join(str(i) for i in missing[:20])
         more = f" (and {missing.size - 20} more)" if missing.size > 20 else ""
-        # A stray large label makes the class count too large; point at it.
+        # A stray large label (the only entry of its class) inflates the class count; point at it.
         largest = int(np.argmax(labels))
+        stray = (f" (the largest label, {labels[largest]}, is alone on line {image_list.line_of(largest)})"
+                 if counts[labels[largest]] == 1 else "")
         raise ListFormatError(
             f"{image_list.source}: no entries for class ids {shown}{more}; labels must cover "
-            f"0..{num_classes - 1} (the largest label, {labels[largest]}, is on line "
-            f"{image_list.line_of(largest)})"
+            f"0..{num_classes - 1}{stray}"
         )
