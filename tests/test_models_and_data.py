@@ -134,7 +134,7 @@ def test_augmentation_is_reproducible_and_changes_images(small_root):
     assert not torch.equal(x1, x3)
 
 
-def test_unreadable_image_names_file_and_entry(tmp_path, small_root):
+def test_unreadable_image_names_file_and_line(tmp_path, small_root):
     image_list = read_list(small_root / "val.txt")
     broken = tmp_path / "root"
     broken.mkdir()
@@ -142,5 +142,5 @@ def test_unreadable_image_names_file_and_entry(tmp_path, small_root):
         (broken / rel).parent.mkdir(parents=True, exist_ok=True)
         (broken / rel).write_bytes((small_root / rel).read_bytes())
     (broken / image_list.paths[2]).write_bytes(b"not a png")
-    with pytest.raises(ImageFileError, match=r"entry 3 of .*val.txt"):
+    with pytest.raises(ImageFileError, match=r"val.txt, line 3\)"):
         ImageSource.open(broken, image_list, InputSpec(size=16, preload=True))

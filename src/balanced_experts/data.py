@@ -61,8 +61,23 @@ def open_rgb(root: Path, image_list: ImageList, index: int) -> Image.Image:
             return image.convert("RGB")
     except (OSError, ValueError) as error:
         raise ImageFileError(
-            f"cannot read image {path} (entry {index + 1} of {image_list.source}): {error}"
+            f"cannot read image {path} ({image_list.source}, line {image_list.line_of(index)}): {error}"
         ) from error
+
+
+def check_files_exist(root: Path, image_list: ImageList) -> None:
+    """Every listed image must exist: a wrong root or a missing file fails before training starts.
+
+    Only the file system is asked (no decoding), which is cheap even for ImageNet-LT; a
+    corrupt file is reported, with its list line, when it is decoded.
+    """
+    missing = [i for i, rel in enumerate(image_list.paths) if not (root / rel).is_file()]
+    if missing:
+        first = missing[0]
+        raise ImageFileError(
+            f"image {root / image_list.paths[first]} does not exist ({image_list.source}, line "
+            f"{image_list.line_of(first)}); {len(missing)} of {len(image_list)} listed images are missing"
+        )
 
 
 class _FileDataset(Dataset):
@@ -93,6 +108,8 @@ class ImageSource:
         source = cls(Path(root), image_list, spec)
         if spec.preload:
             source.pixels = source._decode_all()
+        else:
+            check_files_exist(source.root, image_list)
         return source
 
     def __len__(self) -> int:

@@ -19,6 +19,11 @@ class ImageList:
     paths: list[str]
     labels: np.ndarray  # int64, one per path
     source: str = "<memory>"
+    line_numbers: np.ndarray | None = None  # 1-based line of each entry in ``source``
+
+    def line_of(self, index: int) -> int:
+        """The line of ``source`` that entry ``index`` comes from, for error messages."""
+        return int(self.line_numbers[index]) if self.line_numbers is not None else index + 1
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -33,7 +38,8 @@ class ImageList:
 
     def subset(self, indices: np.ndarray) -> "ImageList":
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageList([self.paths[i] for i in indices], self.labels[indices], self.source)
+        lines = self.line_numbers[indices] if self.line_numbers is not None else indices + 1
+        return ImageList([self.paths[i] for i in indices], self.labels[indices], self.source, lines)
 
 
 def read_list(path: str | Path) -> ImageList:
@@ -41,6 +47,7 @@ def read_list(path: str | Path) -> ImageList:
     path = Path(path)
     paths: list[str] = []
     labels: list[int] = []
+    line_numbers: list[int] = []
     with path.open("r", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             text = line.strip()
@@ -63,9 +70,11 @@ def read_list(path: str | Path) -> ImageList:
                 raise ListFormatError(f"{path}:{lineno}: label {label} is negative")
             paths.append(rel)
             labels.append(label)
+            line_numbers.append(lineno)
     if not paths:
         raise ListFormatError(f"{path}: no entries")
-    return ImageList(paths, np.asarray(labels, dtype=np.int64), str(path))
+    return ImageList(paths, np.asarray(labels, dtype=np.int64), str(path),
+                     np.asarray(line_numbers, dtype=np.int64))
 
 
 def write_list(path: str | Path, paths: list[str], labels) -> None:
@@ -76,20 +85,33 @@ def write_list(path: str | Path, paths: list[str], labels) -> None:
             handle.write(f"{rel} {int(label)}\n")
 
 
+def check_labels_in_range(image_list: ImageList, num_classes: int) -> None:
+    """No label may be ``num_classes`` or more; the error names the first offending line."""
+    labels = image_list.labels
+    too_big = np.flatnonzero(labels >= num_classes)
+    if too_big.size:
+        first = int(too_big[0])
+        others = f" ({too_big.size - 1} more entries are out of range)" if too_big.size > 1 else ""
+        raise ListFormatError(
+            f"{image_list.source}:{image_list.line_of(first)}: label {labels[first]} is out of "
+            f"range 0..{num_classes - 1}{others}"
+        )
+
+
 def check_labels_cover(image_list: ImageList, num_classes: int) -> None:
     """Every class id 0..num_classes-1 must occur, and no other id."""
-    counts = np.bincount(image_list.labels, minlength=num_classes)
-    too_big = np.flatnonzero(image_list.labels >= num_classes)
-    if too_big.size:
-        raise ListFormatError(
-            f"{image_list.source}: labels out of range 0..{num_classes - 1}: "
-            f"{sorted(set(image_list.labels[too_big].tolist()))[:10]}"
-        )
+    check_labels_in_range(image_list, num_classes)
+    labels = image_list.labels
+    counts = np.bincount(labels, minlength=num_classes)
     missing = np.flatnonzero(counts[:num_classes] == 0)
     if missing.size:
         shown = ", ".join(str(i) for i in missing[:20])
         more = f" (and {missing.size - 20} more)" if missing.size > 20 else ""
+        # A stray large label (the only entry of its class) inflates the class count; point at it.
+        largest = int(np.argmax(labels))
+        stray = (f" (the largest label, {labels[largest]}, is alone on line {image_list.line_of(largest)})"
+                 if counts[labels[largest]] == 1 else "")
         raise ListFormatError(
-            f"{image_list.source}: no entries for class ids {shown}{more}; "
-            f"labels must cover 0..{num_classes - 1}"
+            f"{image_list.source}: no entries for class ids {shown}{more}; labels must cover "
+            f"0..{num_classes - 1}{stray}"
         )

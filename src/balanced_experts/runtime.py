@@ -29,6 +29,25 @@ def get_logger(name: str, log_path: str | Path | None) -> logging.Logger:
     return logger
 
 
+def exit_briefly_on(log: logging.Logger, *error_types: type[BaseException]) -> None:
+    """End the stage on an uncaught error of ``error_types`` with its message alone.
+
+    These are errors the user fixes (a bad list line, a missing image, a diverged run): the
+    message names the culprit, and a traceback would only bury it. The message goes to the
+    job's log as well, so Snakemake's failed-log display shows it. Other errors keep
+    their traceback. Python still exits with status 1.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback):
+        if issubclass(kind, error_types):
+            log.error(f"error: {error}")
+        else:
+            previous(kind, error, traceback)
+
+    sys.excepthook = hook
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` takes CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":

@@ -36,6 +36,11 @@ class SplitRule:
     def from_config(cls, cfg: dict | None) -> "SplitRule":
         return cls(**(cfg or {}))
 
+    def describe(self) -> str:
+        many = ">=" if self.many_inclusive else ">"
+        few = "<=" if self.few_inclusive else "<"
+        return f"many {many} {self.many_threshold}, few {few} {self.few_threshold}"
+
     def assign(self, counts) -> np.ndarray:
         """Split name of each class, given its training count."""
         counts = np.asarray(counts)
@@ -76,3 +81,19 @@ def split_class_ids(table: pd.DataFrame, split: str) -> np.ndarray:
 
 def split_summary(table: pd.DataFrame) -> dict[str, int]:
     return {name: int((table["split"] == name).sum()) for name in SPLIT_NAMES}
+
+
+class EmptySplitError(ValueError):
+    """A class split with no classes: its expert cannot be trained."""
+
+
+def check_splits_not_empty(table: pd.DataFrame, rule: SplitRule) -> None:
+    """Every split needs a class: an expert over no classes has nothing to learn."""
+    empty = [name for name, count in split_summary(table).items() if count == 0]
+    if empty:
+        counts = table["train_count"]
+        raise EmptySplitError(
+            f"class_splits leave the {' and '.join(empty)}-shot split{'s' if len(empty) > 1 else ''} "
+            f"empty: training counts range from {counts.min()} to {counts.max()}, and the rule is "
+            f"{rule.describe()}; change many_threshold / few_threshold so that every split has a class"
+        )

@@ -1,13 +1,22 @@
 """The one training loop: base model and experts alike.
 
-Reads top to bottom: build optimizer and schedule, then per epoch train, validate,
-log a line, append to the metrics CSV, keep the best weights, stop early on patience.
+Reads top to bottom: build optimizer and schedule, resume from an epoch checkpoint if
+there is one of the same run, then per epoch train, validate, log a line, append to the
+metrics CSV, keep the best weights, save the epoch checkpoint, stop early on patience.
+
+The epoch checkpoint holds everything the next epoch depends on (model, optimizer,
+schedule, the shuffling/augmentation generator, the global torch RNG, best-so-far state,
+metrics rows), so a run killed after epoch k and resumed is bit-identical on the CPU to
+one that was never interrupted. It carries a fingerprint of the run's settings and inputs
+and is ignored when that differs.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -43,7 +52,46 @@ class TrainSettings:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The training loss became NaN or infinite: the run diverged."""
+
+
+def run_fingerprint(settings: dict, files=()) -> str:
+    """SHA-256 of ``settings`` (JSON-serialisable) and the contents of ``files``.
+
+    An epoch checkpoint is resumed only by a run with the same fingerprint, so a stale
+    one from different settings, data, base weights or code is never picked up.
+    """
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(str(path).encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> dict | None:
+    """The epoch checkpoint at ``path`` if it belongs to this run, else None (and it is removed)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: start over rather than fail
+        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error}); starting from epoch 1")
+        path.unlink()
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        log(f"{name}: ignoring epoch checkpoint {path}: it was written with other settings "
+            f"or inputs; starting from epoch 1")
+        path.unlink()
+        return None
+    return state
 
 
 def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
@@ -98,6 +146,8 @@ def fit(
     name: str,
     metrics_path: str | Path,
     log: Callable[[str], None] = print,
+    resume_path: str | Path | None = None,
+    fingerprint: str = "",
 ) -> dict:
     """Train ``parameters`` of ``model``; returns the best epoch's state dict and summary.
 
@@ -105,6 +155,10 @@ def fit(
     ``val_batches()`` yields the validation batches. The best epoch is the one with the
     highest validation accuracy; training stops after ``settings.patience`` epochs
     without improvement (if set) or at ``settings.epochs``.
+
+    With ``resume_path``, the state after every epoch is saved there (atomically), and a
+    checkpoint found there with the same ``fingerprint`` (see :func:`run_fingerprint`)
+    is resumed from. The caller removes it once the final weights are safely written.
     """
     optimizer = torch.optim.SGD(
         parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
@@ -113,15 +167,34 @@ def fit(
     generator = torch.Generator().manual_seed(settings.seed)
     criterion = nn.CrossEntropyLoss()
 
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    rows: list[list[str]] = []  # the metrics CSV rows so far, also kept in the epoch checkpoint
+    first_epoch, stopped = 1, False
+    resume_path = Path(resume_path) if resume_path is not None else None
+    resumed = _load_resume_state(resume_path, fingerprint, name, log)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
+        torch.set_rng_state(resumed["torch_rng"])
+        best_acc, best_epoch, best_state = resumed["best_acc"], resumed["best_epoch"], resumed["best_state"]
+        rows, stopped = resumed["rows"], resumed["stopped"]
+        first_epoch = resumed["epoch"] + 1
+        log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
+            f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
+
+    # Rewritten from the kept rows, so a resumed run never repeats an epoch's row.
     metrics_path = Path(metrics_path)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     with metrics_path.open("w", newline="") as handle:
-        csv.writer(handle).writerow(fields)
+        csv.writer(handle).writerows([fields] + rows)
 
-    best_acc, best_epoch, best_state = -1.0, 0, None
+    epoch = first_epoch - 1
+    last_epoch = epoch if stopped else settings.epochs  # a resumed run may have stopped early
     started = time.perf_counter()
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(first_epoch, last_epoch + 1):
         epoch_start = time.perf_counter()
         train_mode(model)
         lr = optimizer.param_groups[0]["lr"]
@@ -130,7 +203,9 @@ def fit(
             logits = model(x)
             loss = criterion(logits, y)
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{name}: loss is {loss.item()} at epoch {epoch}; lower the lr?")
+                raise NonFiniteLoss(
+                    f"{name}: training loss is {loss.item()} at epoch {epoch} "
+                    f"(lr {optimizer.param_groups[0]['lr']:.6g}); the run diverged: lower the lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -146,20 +221,30 @@ def fit(
             best_acc, best_epoch = val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
         elapsed = time.perf_counter() - started
-        remaining = (settings.epochs - epoch) * elapsed / epoch
+        remaining = (settings.epochs - epoch) * elapsed / (epoch - first_epoch + 1)
         log(
             f"{name} epoch {epoch}/{settings.epochs} loss {train_loss:.4f} "
             f"train_acc {train_acc:.2f}% val_loss {val_loss:.4f} val_acc {val_acc:.2f}% "
             f"(best {best_acc:.2f}% @ {best_epoch}) lr {lr:.5f} {seconds:.1f}s "
             f"ETA {_format_seconds(remaining)}"
         )
+        row = [str(epoch), f"{train_loss:.6f}", f"{train_acc:.4f}", f"{val_loss:.6f}",
+               f"{val_acc:.4f}", f"{lr:.8f}", f"{seconds:.3f}"]
+        rows.append(row)
         with metrics_path.open("a", newline="") as handle:
-            csv.writer(handle).writerow(
-                [epoch, f"{train_loss:.6f}", f"{train_acc:.4f}", f"{val_loss:.6f}",
-                 f"{val_acc:.4f}", f"{lr:.8f}", f"{seconds:.3f}"]
-            )
+            csv.writer(handle).writerow(row)
         if settings.patience is not None and epoch - best_epoch >= settings.patience:
             log(f"{name}: no better val accuracy for {settings.patience} epochs, stopping at epoch {epoch}")
+            stopped = True
+        if resume_path is not None:
+            _save_atomically({
+                "fingerprint": fingerprint, "epoch": epoch, "stopped": stopped,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "best_acc": best_acc,
+                "best_epoch": best_epoch, "best_state": best_state, "rows": rows,
+            }, resume_path)
+        if stopped:
             break
 
     log(f"{name}: best val_acc {best_acc:.2f}% at epoch {best_epoch}, "

@@ -1,13 +1,21 @@
 import os
+import sys
 from pathlib import Path
-
-from snakemake.utils import validate
-
-validate(config, schema="../schemas/config.schema.yaml")
 
 # Stage programs import the library from src/ of this checkout, installed or not.
 _SRC = str(Path(workflow.basedir) / "src")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+sys.path.insert(0, _SRC)
+
+from balanced_experts.configuration import ConfigError, check_config
+
+# Before any job runs. snakemake.utils.validate would print the whole jsonschema dump;
+# check_config names the key path and the allowed values in one line, and also checks
+# what the schema cannot express (few_threshold <= many_threshold).
+try:
+    check_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as error:
+    sys.exit(str(error))
 
 DATASETS = list(config["datasets"])
 EXPERTS = ["many", "medium", "few"]

@@ -20,7 +20,7 @@ rule classes:
     """Per-class training counts and the many/medium/few split, from the train list alone."""
     input:
         train=list_file("train"),
-        code=code("classes", "lists", "splits"),
+        code=code("classes", "lists", "runtime", "splits"),
     output:
         classes="results/{dataset}/classes.csv",
     params:

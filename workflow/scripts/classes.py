@@ -1,19 +1,20 @@
 """Stage: per-class training counts and the many/medium/few split (train list only)."""
 
-from balanced_experts.lists import check_labels_cover, read_list
-from balanced_experts.runtime import get_logger
-from balanced_experts.splits import SplitRule, class_table, split_summary
+from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
+from balanced_experts.runtime import exit_briefly_on, get_logger
+from balanced_experts.splits import (EmptySplitError, SplitRule, check_splits_not_empty, class_table,
+                                     split_summary)
 
 log = get_logger("classes", snakemake.log[0])
+exit_briefly_on(log, ListFormatError, EmptySplitError)
 rule = SplitRule.from_config(snakemake.params.class_splits)
 train = read_list(snakemake.input.train)
 num_classes = train.num_classes
 check_labels_cover(train, num_classes)
 table = class_table(train.labels, num_classes, rule)
-table.to_csv(snakemake.output.classes, index=False)
 summary = split_summary(table)
 log.info(f"{len(train)} training images, {num_classes} classes; rule {rule}")
 log.info("classes per split: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-for name, count in summary.items():
-    if count == 0:
-        log.warning(f"the {name}-shot split is empty under {rule}")
+# Fail here, before any expert is trained, rather than in the expert's job.
+check_splits_not_empty(table, rule)
+table.to_csv(snakemake.output.classes, index=False)

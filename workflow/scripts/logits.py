@@ -3,14 +3,15 @@
 import numpy as np
 import torch
 
-from balanced_experts.data import ImageSource, InputSpec
-from balanced_experts.lists import read_list
+from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.lists import ListFormatError, check_labels_in_range, read_list
 from balanced_experts.logits import LogitsTable, predict, write_logits
 from balanced_experts.models import load_model
-from balanced_experts.runtime import get_logger, resolve_device, setup_torch
+from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 
 model_name, split = snakemake.wildcards.model, snakemake.wildcards.split
 log = get_logger(f"logits_{model_name}_{split}", snakemake.log[0])
+exit_briefly_on(log, ListFormatError, ImageFileError)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
 setup_torch(snakemake.threads, 0, device)
@@ -18,8 +19,7 @@ setup_torch(snakemake.threads, 0, device)
 model, meta = load_model(snakemake.input.weights)
 model.to(device)
 image_list = read_list(snakemake.input.images)
-if image_list.labels.max() >= meta["num_classes"]:
-    raise SystemExit(f"{image_list.source}: labels exceed the model's {meta['num_classes']} classes")
+check_labels_in_range(image_list, meta["num_classes"])
 spec = InputSpec.from_config(snakemake.params.input)
 source = ImageSource.open(snakemake.params.root, image_list, spec)
 positions = np.arange(len(image_list))

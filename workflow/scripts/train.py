@@ -1,17 +1,20 @@
 """Stage: train the base model, or one expert initialised from it (one loop for both)."""
 
+from pathlib import Path
+
 import numpy as np
 
-from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
-from balanced_experts.lists import check_labels_cover, read_list
+from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
-from balanced_experts.runtime import get_logger, resolve_device, setup_torch
+from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.splits import read_class_table, split_class_ids
-from balanced_experts.training import TrainSettings, fit
+from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, run_fingerprint
 
 name = snakemake.wildcards.get("expert", "base")
 log = get_logger(f"train_{name}", snakemake.log[0])
+exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
 train_cfg = dict(snakemake.params.train)
@@ -68,6 +71,10 @@ log.info(f"{name}: {backbone['name']} on {device}, {trainable:,} trainable of "
          f"{len(train_source)} train / {len(val_source)} val images, {settings}")
 
 eval_batch = int(execution.get("eval_batch_size", 512))
+# The epoch checkpoint lies beside the outputs but is not one, so Snakemake keeps it when
+# the job dies; it is resumed only by a run of the same params, inputs and code.
+resume_path = Path(snakemake.output.weights).with_name("resume.pt")
+fingerprint = run_fingerprint({"model": name, **dict(snakemake.params.items())}, snakemake.input)
 result = fit(
     model,
     parameters,
@@ -80,6 +87,8 @@ result = fit(
     name=name,
     metrics_path=snakemake.output.metrics,
     log=log.info,
+    resume_path=resume_path,
+    fingerprint=fingerprint,
 )
 model.load_state_dict(result["state_dict"])
 meta = {
@@ -92,4 +101,5 @@ meta = {
     **extra_meta,
 }
 save_checkpoint(snakemake.output.weights, model, meta)
+resume_path.unlink(missing_ok=True)  # only now: until the weights exist, it is the only copy
 log.info(f"wrote {snakemake.output.weights}")

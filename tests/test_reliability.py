@@ -1,0 +1,265 @@
+"""Bad input, killed jobs and reruns through real Snakemake runs: clear errors, intact results."""
+
+import copy
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from balanced_experts.synthetic import SyntheticSpec, generate
+from conftest import TINY_DATASET, copy_workflow, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+BASE_WEIGHTS = "results/tiny/models/base/weights.pt"
+CLASSES = "results/tiny/classes.csv"
+
+
+def digests(workdir: Path) -> dict[str, str]:
+    """SHA-256 of every file under results/, to prove a failed run left them alone."""
+    results = workdir / "results"
+    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(results.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+def error_lines(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+# -- config errors, at parse time ----------------------------------------------------------
+
+def _set(path: str, value):
+    def edit(config):
+        *parents, key = path.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    return edit
+
+
+CONFIG_ERRORS = {
+    "unknown key": (_set("datasets.tiny.base.lrr", 0.1),
+                    "datasets.tiny.base: unknown key 'lrr'; allowed: epochs, batch_size, lr,"),
+    "wrong type": (_set("datasets.tiny.base.epochs", "3"),
+                   "datasets.tiny.base.epochs: '3' is a str; expected integer"),
+    "negative lr": (_set("datasets.tiny.experts.few.lr", -0.01),
+                    "datasets.tiny.experts.few.lr: -0.01 is out of range; must be > 0"),
+    "thresholds in the wrong order": (
+        _set("datasets.tiny.class_splits.few_threshold", 30),
+        "datasets.tiny.class_splits: few_threshold (30) must not exceed many_threshold (24)"),
+    "unknown backbone": (_set("datasets.tiny.backbone.name", "resnet11"),
+                         "datasets.tiny.backbone.name: 'resnet11' is not allowed; allowed: resnet_cifar8,"),
+    "open_ratio below 1": (_set("datasets.tiny.experts.medium.open_ratio", 0.5),
+                           "datasets.tiny.experts.medium.open_ratio: 0.5 is out of range; must be >= 1"),
+    "missing expert": (lambda c: c["datasets"]["tiny"]["experts"].pop("few"),
+                       "datasets.tiny.experts: missing required key 'few'"),
+    "unknown device": (_set("execution.device", "gpu"),
+                       "execution.device: 'gpu' is not allowed; allowed: auto, cpu, cuda or cuda:N"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_run, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("config_errors") / "run"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    return workdir
+
+
+@pytest.mark.parametrize("case", list(CONFIG_ERRORS))
+def test_config_error_is_one_line_naming_the_key(finished_run, case):
+    edit, expected = CONFIG_ERRORS[case]
+    before = digests(finished_run)
+    config = tiny_config()
+    edit(config)
+    write_config(finished_run, config)
+    try:
+        result = snakemake(finished_run, "--cores", "1", check=False)
+    finally:
+        write_config(finished_run, tiny_config())
+    assert result.returncode != 0
+    assert f"invalid config: {expected}" in result.stderr
+    assert "Traceback" not in result.stderr and "jsonschema" not in result.stderr
+    assert "rule " not in result.stdout  # stopped before any job was planned
+    assert digests(finished_run) == before
+
+
+# -- bad data, on a `lists` dataset made of real image files -------------------------------
+
+@pytest.fixture(scope="module")
+def lists_run(tmp_path_factory) -> Path:
+    """A `lists` dataset (the tiny synthetic images) with its classes and base model built."""
+    top = tmp_path_factory.mktemp("lists_run")
+    data = top / "data"
+    generate(SyntheticSpec(**TINY_DATASET["data"]["synthetic"]), data, log=lambda _: None)
+    workdir = copy_workflow(top / "run", lists_config(data))
+    snakemake(workdir, "--cores", "1", BASE_WEIGHTS, CLASSES)
+    return top
+
+
+def lists_config(data: Path) -> dict:
+    config = tiny_config()
+    config["datasets"]["tiny"]["data"] = {
+        "kind": "lists", "root": str(data), "train_list": str(data / "train.txt"),
+        "val_list": str(data / "val.txt"), "test_list": str(data / "test.txt")}
+    return config
+
+
+@pytest.fixture
+def lists_copy(lists_run, tmp_path) -> tuple[Path, Path]:
+    """``(workdir, data)``: a private copy of the lists run, to break."""
+    shutil.copytree(lists_run, tmp_path / "copy", symlinks=True)
+    data, workdir = tmp_path / "copy/data", tmp_path / "copy/run"
+    write_config(workdir, lists_config(data))  # point at the copied images and lists
+    snakemake(workdir, "--cores", "1", "--touch", BASE_WEIGHTS, CLASSES)  # the copy is up to date
+    return workdir, data
+
+
+def _line_of(list_file: Path, rel: str) -> int:
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if line.startswith(rel + " "):
+            return number
+    raise AssertionError(rel)
+
+
+def _replace_line(list_file: Path, number: int, text: str) -> None:
+    lines = list_file.read_text().splitlines()
+    lines[number - 1] = text
+    list_file.write_text("\n".join(lines) + "\n")
+
+
+def test_missing_test_image_names_file_and_line(lists_copy):
+    workdir, data = lists_copy
+    rel = "images/test/005/00003.png"
+    (data / rel).unlink()
+    before = digests(workdir)
+    result = snakemake(workdir, "--cores", "1", "results/tiny/logits/base/test.parquet", check=False)
+    assert result.returncode != 0
+    line = _line_of(data / "test.txt", rel)
+    assert f"cannot read image {data / rel} ({data / 'test.txt'}, line {line})" in error_lines(result)
+    assert digests(workdir) == before
+
+
+def test_corrupt_training_image_names_file_and_line(lists_copy):
+    workdir, data = lists_copy
+    rel = "images/train/006/00001.png"  # a few-shot class: the line is found through the expert's subset
+    (data / rel).write_bytes(b"not a png")
+    result = snakemake(workdir, "--cores", "1", "results/tiny/models/few/weights.pt", check=False)
+    assert result.returncode != 0
+    line = _line_of(data / "train.txt", rel)
+    message = f"error: cannot read image {data / rel} ({data / 'train.txt'}, line {line}): cannot identify image file"
+    assert message in error_lines(result)
+    assert message in (workdir / "results/tiny/logs/train_few.log").read_text()
+    assert "Traceback" not in result.stderr
+
+
+def test_label_out_of_range_names_the_line(lists_copy):
+    workdir, data = lists_copy
+    _replace_line(data / "test.txt", 7, "images/test/000/00006.png 8")
+    before = digests(workdir)
+    result = snakemake(workdir, "--cores", "1", "results/tiny/logits/base/test.parquet", check=False)
+    assert result.returncode != 0
+    assert f"{data / 'test.txt'}:7: label 8 is out of range 0..7" in error_lines(result)
+    assert digests(workdir) == before
+
+
+def test_class_without_training_images_is_named(lists_copy):
+    workdir, data = lists_copy
+    train = data / "train.txt"
+    train.write_text("".join(l + "\n" for l in train.read_text().splitlines() if not l.endswith(" 3")))
+    result = snakemake(workdir, "--cores", "1", CLASSES, check=False)
+    assert result.returncode != 0
+    assert f"{train}: no entries for class ids 3; labels must cover 0..7" in error_lines(result)
+    assert (workdir / BASE_WEIGHTS).exists()
+
+
+def test_empty_split_stops_before_any_expert(lists_copy):
+    workdir, data = lists_copy
+    config = lists_config(data)
+    config["datasets"]["tiny"]["class_splits"]["few_threshold"] = 4  # counts are 48 .. 4: few < 4 is empty
+    write_config(workdir, config)
+    weights = (workdir / BASE_WEIGHTS).read_bytes()
+    result = snakemake(workdir, "--cores", "1", "results/tiny/report.csv", check=False)
+    assert result.returncode != 0
+    assert ("class_splits leave the few-shot split empty: training counts range from 4 to 48, "
+            "and the rule is many > 24, few < 4") in error_lines(result)
+    assert not list(workdir.glob("results/tiny/models/many/weights.pt"))
+    assert (workdir / BASE_WEIGHTS).read_bytes() == weights
+
+
+def test_diverging_training_names_model_and_epoch(lists_copy):
+    workdir, data = lists_copy
+    config = lists_config(data)
+    config["datasets"]["tiny"]["experts"]["many"]["lr"] = 1.0e12
+    write_config(workdir, config)
+    before = digests(workdir)
+    result = snakemake(workdir, "--cores", "1", "results/tiny/models/many/weights.pt", check=False)
+    assert result.returncode != 0
+    assert "error: many: training loss is nan at epoch 1" in error_lines(result) or \
+        "error: many: training loss is inf at epoch 1" in error_lines(result)
+    assert digests(workdir) == before
+
+
+# -- a killed training job resumes --------------------------------------------------------
+
+EPOCHS = 60  # long enough to kill it after the first epoch, short enough for the suite
+
+
+def _long_base(data: Path) -> dict:
+    config = lists_config(data)
+    config["datasets"]["tiny"]["base"]["epochs"] = EPOCHS
+    return config
+
+
+def test_killed_training_resumes_to_the_same_weights(lists_run, tmp_path):
+    reference = tmp_path / "reference"
+    killed = tmp_path / "killed"
+    for workdir in (reference, killed):
+        shutil.copytree(lists_run / "run", workdir, symlinks=True)
+        write_config(workdir, _long_base(lists_run / "data"))
+    snakemake(reference, "--cores", "1", BASE_WEIGHTS)
+
+    exe = Path(sys.executable).with_name("snakemake")
+    resume = killed / "results/tiny/models/base/resume.pt"
+    job = subprocess.Popen([str(exe), "--cores", "1", BASE_WEIGHTS], cwd=killed, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not resume.exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert resume.exists(), "training ended before it could be killed"
+    assert not (killed / BASE_WEIGHTS).exists()
+
+    # Snakemake's lock outlives a SIGKILL; --unlock is the documented step before rerunning.
+    snakemake(killed, "--unlock")
+    snakemake(killed, "--cores", "1", BASE_WEIGHTS)
+    log = (killed / "results/tiny/logs/train_base.log").read_text()
+    assert "base: resuming from epoch " in log
+    resumed_from = int(log.split("base: resuming from epoch ")[1].split()[0])
+    assert 1 <= resumed_from < EPOCHS
+    assert f"base epoch {resumed_from + 1}/{EPOCHS}" in log and f"base epoch {resumed_from}/{EPOCHS}" not in log
+    assert not resume.exists()
+
+    expected = torch.load(reference / BASE_WEIGHTS, weights_only=True)
+    actual = torch.load(killed / BASE_WEIGHTS, weights_only=True)
+    assert actual["meta"] == expected["meta"]
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(actual["state_dict"][key], value), key
+    metrics = (killed / "results/tiny/models/base/metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in metrics[1:]] == [str(e) for e in range(1, EPOCHS + 1)]
+
+
+# -- determinism ---------------------------------------------------------------------------
+
+def test_two_runs_from_scratch_give_identical_report(tiny_run, tmp_path):
+    again = copy_workflow(tmp_path / "again")
+    snakemake(again, "--cores", "2")
+    assert (again / "results/tiny/report.csv").read_bytes() == (tiny_run / "results/tiny/report.csv").read_bytes()
