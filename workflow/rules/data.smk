@@ -1,7 +1,7 @@
 rule synthetic_data:
     """Generate the embedded long-tailed dataset: PNG images plus train/val/test lists."""
     input:
-        code=code("synthetic_data", "synthetic", "lists"),
+        code=code("synthetic_data", "synthetic", "lists", "runtime"),
     output:
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
