@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -38,24 +39,76 @@ def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+# Where each data kind's images and list files come from. `synthetic` and `cifar` are
+# prepared by a rule under results/<dataset>/data/; `lists` points at the user's files.
+PREPARED_DATA_KINDS = ("synthetic", "cifar")
+
+
+def existing_path(dataset, key, kind="file", hint=""):
+    """The path at config key ``datasets.<dataset>.<key>`` (dotted), which must exist.
+
+    Called from input functions, so only for datasets a target actually needs: the
+    default (synthetic) run does not care whether the Places-LT root exists here. The
+    error is one line naming the key and the path, before any job starts.
+    """
+    value = config["datasets"][dataset]
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    where = f"config key datasets.{dataset}.{key}"
+    if not value:
+        raise WorkflowError(f"{where} is not set")
+    if kind == "dir" and not Path(value).is_dir():
+        raise WorkflowError(f"{where}: {value} is not an existing folder{hint}")
+    if kind == "file" and not Path(value).is_file():
+        raise WorkflowError(f"{where}: {value} does not exist{hint}")
+    return value
+
+
 def image_root(wildcards):
-    """Folder the list files' relative paths start from."""
+    """Folder the list files' relative paths start from (must exist for image-reading jobs)."""
     data = dataset_config(wildcards)["data"]
-    if data["kind"] == "synthetic":
+    if data["kind"] in PREPARED_DATA_KINDS:
         return f"results/{wildcards.dataset}/data"
-    return data["root"]
+    return existing_path(wildcards.dataset, "data.root", kind="dir")
 
 
-def list_file(split):
-    """Input function: the list file of one data split of the job's dataset."""
+def list_file(split, images=True):
+    """Input function: the list file of one data split of the job's dataset.
+
+    ``images``: the job also reads the images, so the image root must exist too; the
+    classes job reads the train list alone and runs without any image.
+    """
 
     def _list_file(wildcards):
         data = dataset_config(wildcards)["data"]
-        if data["kind"] == "synthetic":
+        if data["kind"] in PREPARED_DATA_KINDS:
             return f"results/{wildcards.dataset}/data/{split}.txt"
-        return data[f"{split}_list"]
+        if images:
+            image_root(wildcards)
+        return existing_path(wildcards.dataset, f"data.{split}_list")
 
     return _list_file
+
+
+def cifar_archive(wildcards):
+    """Input function: the local CIFAR python archive of a `cifar` dataset."""
+    return existing_path(wildcards.dataset, "data.cifar.archive",
+                         hint=" (cifar-100-python.tar.gz / cifar-10-python.tar.gz from "
+                              "https://www.cs.toronto.edu/~kriz/cifar.html)")
+
+
+def pretrained_weights(wildcards):
+    """Input function: the pretrained-weights file of the base model's backbone, if any."""
+    if not dataset_config(wildcards)["backbone"].get("pretrained"):
+        return []
+    return existing_path(wildcards.dataset, "backbone.pretrained.path",
+                         hint=" (nothing is downloaded at run time; see README, Pretrained weights)")
+
+
+def datasets_of_kind(kind):
+    """Wildcard regex of the configured datasets of one data kind (never matches if none)."""
+    names = [name for name, cfg in config["datasets"].items() if cfg["data"]["kind"] == kind]
+    return "|".join(names) if names else "(?!)"
 
 
 def section(*keys):

@@ -20,7 +20,7 @@ model.to(device)
 image_list = read_list(snakemake.input.images)
 if image_list.labels.max() >= meta["num_classes"]:
     raise SystemExit(f"{image_list.source}: labels exceed the model's {meta['num_classes']} classes")
-spec = InputSpec.from_config(snakemake.params.input)
+spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
 source = ImageSource.open(snakemake.params.root, image_list, spec)
 positions = np.arange(len(image_list))
 batches = source.batches(positions, image_list.labels, int(execution.get("eval_batch_size", 512)),
