@@ -138,15 +138,24 @@ def test_list_errors_name_file_line_and_missing_classes(tmp_path, mini_root):
     broken.write_text("\n".join(lines[:2] + ["train/n00000000/no_label.JPEG"] + lines[2:]) + "\n")
     gap = tmp_path / "gap.txt"  # class 2 relabelled to 6: ids 0, 1, 3, 4, 5, 6
     gap.write_text("\n".join(line[:-2] + " 6" if line.endswith(" 2") else line for line in lines) + "\n")
+    val_gap = tmp_path / "val_gap.txt"  # no class 5 in val
+    val_gap.write_text("".join(line + "\n" for line in open(mini_root["val_list"]).read().splitlines()
+                               if not line.endswith(" 5")))
     workdir = copy_workflow(tmp_path / "wf", config_with(
         broken=mini_imagenet_dataset({**mini_root, "train_list": str(broken)}),
-        gap=mini_imagenet_dataset({**mini_root, "train_list": str(gap)})))
-    result = snakemake(workdir, "--cores", "1", "results/broken/classes.csv", check=False)
-    assert result.returncode != 0
-    assert "broken.txt:3: expected 'relative/path label'" in result.stdout + result.stderr
-    result = snakemake(workdir, "--cores", "1", "results/gap/classes.csv", check=False)
-    assert result.returncode != 0
-    assert "gap.txt: no entries for class ids 2; labels must cover 0..6" in result.stdout + result.stderr
+        gap=mini_imagenet_dataset({**mini_root, "train_list": str(gap)}),
+        val_gap=mini_imagenet_dataset({**mini_root, "val_list": str(val_gap)})))
+    # Found while Snakemake builds the DAG (a dry run), before any job starts.
+    out = failure(workdir, "results/broken/classes.csv")
+    assert "config key datasets.broken.data.train_list: " in out
+    assert "broken.txt:3: expected 'relative/path label'" in out
+    out = failure(workdir, "results/gap/classes.csv")
+    assert "gap.txt: no entries for class ids 2; labels must cover 0..6" in out
+    out = failure(workdir, "results/val_gap/models/base/weights.pt")
+    assert "config key datasets.val_gap.data.val_list: " in out
+    assert "val_gap.txt: no entries for class ids 5; labels must cover 0..5" in out
+    # The classes job reads the train list alone and is not held up by the val list.
+    assert ("classes", "dataset=val_gap") in planned_jobs(workdir, "results/val_gap/classes.csv")
 
 
 def test_mismatching_pretrained_file_names_the_config_key(tmp_path, mini_root):

@@ -1,4 +1,6 @@
+import functools
 import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -9,6 +11,9 @@ validate(config, schema="../schemas/config.schema.yaml")
 # Stage programs import the library from src/ of this checkout, installed or not.
 _SRC = str(Path(workflow.basedir) / "src")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+# ... and so does this process, to check a dataset's list files while building the DAG.
+sys.path.insert(0, _SRC)
+from balanced_experts.lists import ListFormatError, check_labels_cover, read_list  # noqa: E402
 
 DATASETS = list(config["datasets"])
 EXPERTS = ["many", "medium", "few"]
@@ -85,9 +90,38 @@ def list_file(split, images=True):
             return f"results/{wildcards.dataset}/data/{split}.txt"
         if images:
             image_root(wildcards)
-        return existing_path(wildcards.dataset, f"data.{split}_list")
+        path = existing_path(wildcards.dataset, f"data.{split}_list")
+        check_list(wildcards.dataset, split)
+        return path
 
     return _list_file
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_list(path, mtime_ns):
+    return read_list(path)
+
+
+def check_list(dataset, split):
+    """Parse a user's list file while the DAG is built, so that a malformed line (file and
+    line number) or a label gap (which ids are missing) stops Snakemake before any job
+    starts, not a training job hours later. Train and val must cover 0..C-1, with C from
+    the train list; test labels must lie in that range. Parsed once per file and version.
+    """
+    def parsed(which):
+        path = Path(config["datasets"][dataset]["data"][f"{which}_list"])
+        return _parsed_list(str(path), path.stat().st_mtime_ns)
+
+    try:
+        image_list = parsed(split)
+        num_classes = image_list.num_classes if split == "train" else parsed("train").num_classes
+        if split != "test":
+            check_labels_cover(image_list, num_classes)
+        elif image_list.labels.max() >= num_classes:
+            raise ListFormatError(f"{image_list.source}: labels above {num_classes - 1}, "
+                                  "the largest class id of the train list")
+    except (ListFormatError, OSError, UnicodeDecodeError) as error:
+        raise WorkflowError(f"config key datasets.{dataset}.data.{split}_list: {error}") from None
 
 
 def cifar_archive(wildcards):
@@ -102,7 +136,7 @@ def pretrained_weights(wildcards):
     if not dataset_config(wildcards)["backbone"].get("pretrained"):
         return []
     return existing_path(wildcards.dataset, "backbone.pretrained.path",
-                         hint=" (nothing is downloaded at run time; see README, Pretrained weights)")
+                         hint=" (nothing is downloaded at run time; the README, Places-LT, says where to get it)")
 
 
 def datasets_of_kind(kind):
