@@ -109,7 +109,7 @@ def check_list(dataset, split):
     the train list; test labels must lie in that range. Parsed once per file and version.
     """
     def parsed(which):
-        path = Path(config["datasets"][dataset]["data"][f"{which}_list"])
+        path = Path(existing_path(dataset, f"data.{which}_list"))
         return _parsed_list(str(path), path.stat().st_mtime_ns)
 
     try:
