@@ -27,7 +27,7 @@ def _class_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
 
 def make_imagenet_lt_root(root: Path, counts=MINI_TRAIN_COUNTS, val=3, test=4, size=20) -> dict:
     """ImageNet-LT layout: images under ``images/train/<wnid>/`` (train and val lists) and
-    ``images/val/`` (test list), lists ``lists/ImageNet_LT_{train,val,test}.txt``."""
+    ``images/val/<wnid>/`` (test list), lists ``lists/ImageNet_LT_{train,val,test}.txt``."""
     rng = np.random.default_rng(0)
     images, lists = root / "images", root / "lists"
     lines = {"train": [], "val": [], "test": []}
@@ -38,7 +38,7 @@ def make_imagenet_lt_root(root: Path, counts=MINI_TRAIN_COUNTS, val=3, test=4, s
             for _ in range(n):
                 serial += 1
                 if split == "test":
-                    rel = f"val/ILSVRC2012_val_{serial:08d}.JPEG"
+                    rel = f"val/{wnid}/ILSVRC2012_val_{serial:08d}.JPEG"
                 else:
                     rel = f"train/{wnid}/{wnid}_{serial}.JPEG"
                 (images / rel).parent.mkdir(parents=True, exist_ok=True)
