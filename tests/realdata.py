@@ -75,7 +75,7 @@ def make_cifar_archive(path: Path, variant: str = "cifar100", num_classes: int =
     else:
         folder, label_key = "cifar-10-python", b"labels"
         data, labels = batch(train_per_class)
-        members = {f"data_batch_{i + 1}": {b"data": chunk, label_key: list(chunk_labels)}
+        members = {f"data_batch_{i + 1}": {b"data": chunk, label_key: chunk_labels.tolist()}
                    for i, (chunk, chunk_labels) in enumerate(zip(np.array_split(data, 5),
                                                                   np.array_split(labels, 5)))}
         test_data, test_labels = batch(test_per_class)

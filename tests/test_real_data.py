@@ -118,3 +118,22 @@ def test_resnet152_keys_map_onto_the_trunk():
     mapped.update({k: v for k, v in trunk.items() if k.endswith("num_batches_tracked")})
     assert set(mapped) == set(trunk)
     assert all(mapped[k].shape == trunk[k].shape for k in trunk)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("a tampered archive ran code",))
+
+
+def test_cifar_archive_with_code_in_its_pickle_is_refused(tmp_path):
+    import io
+    import pickle
+    import tarfile
+
+    payload = pickle.dumps({b"data": _RunsCode(), b"fine_labels": [0]}, protocol=2)
+    with tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as archive:
+        info = tarfile.TarInfo("cifar-100-python/train")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    with pytest.raises(CifarArchiveError, match=r"refusing to unpickle (__builtin__|builtins)\.print"):
+        read_archive(tmp_path / "evil.tar.gz", "cifar100")

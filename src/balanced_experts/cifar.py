@@ -46,6 +46,21 @@ class CifarArchiveError(ValueError):
     """An archive that is not a CIFAR python archive of the expected variant."""
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays only: a CIFAR batch needs nothing
+    else, and a tampered archive cannot run code (as ``torch.load(weights_only=True)``)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                ("_codecs", "encode")}  # how Python 3 writes protocol-2 bytes
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
 @dataclass(frozen=True)
 class CifarLTSpec:
     """The ``data.cifar`` section of a dataset's config (the archive path travels apart)."""
@@ -79,7 +94,7 @@ def read_archive(path: str | Path, variant: str) -> dict[str, tuple[np.ndarray, 
                     raise CifarArchiveError(
                         f"{path}: no member {member!r}; is this the {variant} python archive?") from None
                 # The CIFAR batches are pickles written by Python 2; bytes keys, latin1 strings.
-                return pickle.load(handle, encoding="bytes")
+                return _ArrayUnpickler(handle, encoding="bytes").load()
 
             for split in ("train", "test"):
                 images, labels = [], []
