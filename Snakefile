@@ -4,6 +4,7 @@
 #   train/val/test) -> joint calibration (fit on val) -> report.csv (test, four-fold)
 #
 # Usage: snakemake --cores 2 results/synthetic/report.csv
+#        snakemake --cores 16 results/places/report.csv   (data paths: config.yaml, README)
 
 from snakemake.utils import min_version
 

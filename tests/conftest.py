@@ -13,7 +13,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The shared real list files (Places-LT, ImageNet-LT) live in shared/ beside the clone; a
+# checkout elsewhere (e.g. a git worktree) names them with BALANCED_EXPERTS_SHARED_DATA.
 SHARED_DATA = REPO.parent / "shared" / "data"
+if not SHARED_DATA.exists() and os.environ.get("BALANCED_EXPERTS_SHARED_DATA"):
+    SHARED_DATA = Path(os.environ["BALANCED_EXPERTS_SHARED_DATA"])
 
 # A dataset small enough that every stage takes seconds on one CPU core:
 # 8 classes, 48 -> 4 training images, 12x12 pixels, a 4-wide ResNet-8.

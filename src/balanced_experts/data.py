@@ -38,15 +38,18 @@ class InputSpec:
     preload: bool = False
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    workers: int = 4
+    workers: int = 0  # DataLoader workers; from_config fills in the job's threads when unset
     pad: int = 4  # crop_flip padding
 
     @classmethod
-    def from_config(cls, cfg: dict | None) -> "InputSpec":
+    def from_config(cls, cfg: dict | None, default_workers: int = 0) -> "InputSpec":
+        """``default_workers`` (a job passes its threads) applies when ``workers`` is unset."""
         cfg = dict(cfg or {})
         for key in ("mean", "std"):
             if key in cfg:
                 cfg[key] = tuple(cfg[key])
+        if cfg.get("workers") is None:
+            cfg["workers"] = int(default_workers)
         return cls(**cfg)
 
 

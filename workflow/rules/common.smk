@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 from pathlib import Path
@@ -5,9 +6,13 @@ from pathlib import Path
 # Stage programs import the library from src/ of this checkout, installed or not.
 _SRC = str(Path(workflow.basedir) / "src")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+# ... and so does this process, to check the config and a dataset's list files while building the DAG.
 sys.path.insert(0, _SRC)
 
-from balanced_experts.configuration import ConfigError, check_config
+from snakemake.exceptions import WorkflowError  # noqa: E402
+
+from balanced_experts.configuration import ConfigError, check_config  # noqa: E402
+from balanced_experts.lists import ListFormatError, check_labels_cover, read_list  # noqa: E402
 
 # Before any job runs. snakemake.utils.validate would print the whole jsonschema dump;
 # check_config names the key path and the allowed values in one line, and also checks
@@ -47,24 +52,105 @@ def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+# Where each data kind's images and list files come from. `synthetic` and `cifar` are
+# prepared by a rule under results/<dataset>/data/; `lists` points at the user's files.
+PREPARED_DATA_KINDS = ("synthetic", "cifar")
+
+
+def existing_path(dataset, key, kind="file", hint=""):
+    """The path at config key ``datasets.<dataset>.<key>`` (dotted), which must exist.
+
+    Called from input functions, so only for datasets a target actually needs: the
+    default (synthetic) run does not care whether the Places-LT root exists here. The
+    error is one line naming the key and the path, before any job starts.
+    """
+    value = config["datasets"][dataset]
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    where = f"config key datasets.{dataset}.{key}"
+    if not value:
+        raise WorkflowError(f"{where} is not set")
+    if kind == "dir" and not Path(value).is_dir():
+        raise WorkflowError(f"{where}: {value} is not an existing folder{hint}")
+    if kind == "file" and not Path(value).is_file():
+        raise WorkflowError(f"{where}: {value} does not exist{hint}")
+    return value
+
+
 def image_root(wildcards):
-    """Folder the list files' relative paths start from."""
+    """Folder the list files' relative paths start from (must exist for image-reading jobs)."""
     data = dataset_config(wildcards)["data"]
-    if data["kind"] == "synthetic":
+    if data["kind"] in PREPARED_DATA_KINDS:
         return f"results/{wildcards.dataset}/data"
-    return data["root"]
+    return existing_path(wildcards.dataset, "data.root", kind="dir")
 
 
-def list_file(split):
-    """Input function: the list file of one data split of the job's dataset."""
+def list_file(split, images=True):
+    """Input function: the list file of one data split of the job's dataset.
+
+    ``images``: the job also reads the images, so the image root must exist too; the
+    classes job reads the train list alone and runs without any image.
+    """
 
     def _list_file(wildcards):
         data = dataset_config(wildcards)["data"]
-        if data["kind"] == "synthetic":
+        if data["kind"] in PREPARED_DATA_KINDS:
             return f"results/{wildcards.dataset}/data/{split}.txt"
-        return data[f"{split}_list"]
+        if images:
+            image_root(wildcards)
+        path = existing_path(wildcards.dataset, f"data.{split}_list")
+        check_list(wildcards.dataset, split)
+        return path
 
     return _list_file
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_list(path, mtime_ns):
+    return read_list(path)
+
+
+def check_list(dataset, split):
+    """Parse a user's list file while the DAG is built, so that a malformed line (file and
+    line number) or a label gap (which ids are missing) stops Snakemake before any job
+    starts, not a training job hours later. Train and val must cover 0..C-1, with C from
+    the train list; test labels must lie in that range. Parsed once per file and version.
+    """
+    def parsed(which):
+        path = Path(existing_path(dataset, f"data.{which}_list"))
+        return _parsed_list(str(path), path.stat().st_mtime_ns)
+
+    try:
+        image_list = parsed(split)
+        num_classes = image_list.num_classes if split == "train" else parsed("train").num_classes
+        if split != "test":
+            check_labels_cover(image_list, num_classes)
+        elif image_list.labels.max() >= num_classes:
+            raise ListFormatError(f"{image_list.source}: labels above {num_classes - 1}, "
+                                  "the largest class id of the train list")
+    except (ListFormatError, OSError, UnicodeDecodeError) as error:
+        raise WorkflowError(f"config key datasets.{dataset}.data.{split}_list: {error}") from None
+
+
+def cifar_archive(wildcards):
+    """Input function: the local CIFAR python archive of a `cifar` dataset."""
+    return existing_path(wildcards.dataset, "data.cifar.archive",
+                         hint=" (cifar-100-python.tar.gz / cifar-10-python.tar.gz from "
+                              "https://www.cs.toronto.edu/~kriz/cifar.html)")
+
+
+def pretrained_weights(wildcards):
+    """Input function: the pretrained-weights file of the base model's backbone, if any."""
+    if not dataset_config(wildcards)["backbone"].get("pretrained"):
+        return []
+    return existing_path(wildcards.dataset, "backbone.pretrained.path",
+                         hint=" (nothing is downloaded at run time; the README, Places-LT, says where to get it)")
+
+
+def datasets_of_kind(kind):
+    """Wildcard regex of the configured datasets of one data kind (never matches if none)."""
+    names = [name for name, cfg in config["datasets"].items() if cfg["data"]["kind"] == kind]
+    return "|".join(names) if names else "(?!)"
 
 
 def section(*keys):
@@ -77,9 +163,3 @@ def section(*keys):
         return value
 
     return _section
-
-
-def model_section(wildcards):
-    """The training settings of the model a job trains: `base` or `experts.<expert>`."""
-    cfg = dataset_config(wildcards)
-    return cfg["base"] if wildcards.model == "base" else cfg["experts"][wildcards.model]

@@ -8,6 +8,8 @@ rule synthetic_data:
         test="results/{dataset}/data/test.txt",
     params:
         synthetic=section("data", "synthetic"),
+    wildcard_constraints:
+        dataset=datasets_of_kind("synthetic"),
     conda:
         "../envs/pytorch.yaml"
     log:
@@ -16,10 +18,31 @@ rule synthetic_data:
         "../scripts/synthetic_data.py"
 
 
+rule cifar_data:
+    """CIFAR-10/100-LT from the local python archive: PNG images plus train/val/test lists."""
+    input:
+        archive=cifar_archive,
+        code=code("cifar_data", "cifar", "lists", "synthetic"),
+    output:
+        train="results/{dataset}/data/train.txt",
+        val="results/{dataset}/data/val.txt",
+        test="results/{dataset}/data/test.txt",
+    params:
+        cifar=section("data", "cifar"),
+    wildcard_constraints:
+        dataset=datasets_of_kind("cifar"),
+    conda:
+        "../envs/pytorch.yaml"
+    log:
+        "results/{dataset}/logs/cifar_data.log",
+    script:
+        "../scripts/cifar_data.py"
+
+
 rule classes:
     """Per-class training counts and the many/medium/few split, from the train list alone."""
     input:
-        train=list_file("train"),
+        train=list_file("train", images=False),
         code=code("classes", "lists", "runtime", "splits"),
     output:
         classes="results/{dataset}/classes.csv",

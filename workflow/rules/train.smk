@@ -1,5 +1,5 @@
 # Library modules a training job runs (see `code` in common.smk).
-TRAIN_MODULES = ("data", "experts", "lists", "models", "runtime", "splits", "training")
+TRAIN_MODULES = ("data", "experts", "lists", "models", "pretrained", "runtime", "splits", "training")
 
 
 rule train_base:
@@ -7,6 +7,7 @@ rule train_base:
     input:
         train=list_file("train"),
         val=list_file("val"),
+        pretrained=pretrained_weights,
         code=code("train", *TRAIN_MODULES),
     output:
         weights="results/{dataset}/models/base/weights.pt",

@@ -20,7 +20,7 @@ model, meta = load_model(snakemake.input.weights)
 model.to(device)
 image_list = read_list(snakemake.input.images)
 check_labels_in_range(image_list, meta["num_classes"])
-spec = InputSpec.from_config(snakemake.params.input)
+spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
 source = ImageSource.open(snakemake.params.root, image_list, spec)
 positions = np.arange(len(image_list))
 batches = source.batches(positions, image_list.labels, int(execution.get("eval_batch_size", 512)),

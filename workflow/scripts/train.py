@@ -8,6 +8,7 @@ from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.pretrained import PretrainedWeightsError, load_trunk_weights
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.splits import read_class_table, split_class_ids
 from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, run_fingerprint
@@ -20,7 +21,7 @@ device = resolve_device(execution.get("device", "auto"))
 train_cfg = dict(snakemake.params.train)
 settings = TrainSettings.from_config(train_cfg)
 setup_torch(snakemake.threads, settings.seed, device)
-spec = InputSpec.from_config(snakemake.params.input)
+spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
 
 train_list = read_list(snakemake.input.train)
 val_list = read_list(snakemake.input.val)
@@ -30,6 +31,16 @@ if name == "base":
     check_labels_cover(train_list, num_classes)
     backbone = dict(snakemake.params.backbone)
     model = build_model(backbone, num_classes)
+    if backbone.get("pretrained"):
+        pretrained = backbone["pretrained"]
+        try:
+            loaded = load_trunk_weights(model.trunk, pretrained["path"], pretrained.get("format", "torchvision"))
+        except PretrainedWeightsError as error:
+            # Name the config key: the user fixes the config, not this program.
+            message = f"datasets.{snakemake.wildcards.dataset}.backbone.pretrained.path: {error}"
+            log.error(message)
+            raise SystemExit(message)
+        log.info(f"trunk initialised from {loaded['path']} ({loaded['format']}, {loaded['tensors']} tensors)")
     parameters = set_learnable(model, -1)
     train_idx, train_targets = np.arange(len(train_list)), train_list.labels
     val_idx, val_targets = np.arange(len(val_list)), val_list.labels

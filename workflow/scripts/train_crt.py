@@ -5,18 +5,19 @@ import torch
 
 from balanced_experts.crt import (balanced_feature_batches, extract_features, feature_batches,
                                   fresh_classifier)
-from balanced_experts.data import ImageSource, InputSpec
-from balanced_experts.lists import read_list
+from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.lists import ListFormatError, read_list
 from balanced_experts.models import load_model, save_checkpoint
-from balanced_experts.runtime import get_logger, resolve_device, setup_torch
-from balanced_experts.training import TrainSettings, fit
+from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
+from balanced_experts.training import NonFiniteLoss, TrainSettings, fit
 
 log = get_logger("train_crt", snakemake.log[0])
+exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
 settings = TrainSettings.from_config(dict(snakemake.params.train))
 setup_torch(snakemake.threads, settings.seed, device)
-spec = InputSpec.from_config(snakemake.params.input)
+spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
 eval_batch = int(execution.get("eval_batch_size", 512))
 
 model, meta = load_model(snakemake.input.base)

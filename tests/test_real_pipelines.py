@@ -1,0 +1,200 @@
+"""Real-format datasets through real Snakemake: an ImageNet-LT-style root of JPEG files and
+list files, a CIFAR python archive, the shared Places-LT lists, and the errors a user
+gets for a wrong config before any job starts."""
+
+import copy
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from balanced_experts.logits import read_logits
+from conftest import REPO, SHARED_DATA, TINY_DATASET, copy_workflow, planned_jobs, snakemake, tiny_config
+from realdata import caffe_style, make_cifar_archive, make_imagenet_lt_root, resnet10_state_dict
+
+pytestmark = pytest.mark.slow
+
+PLACES = SHARED_DATA / "places_lt"
+
+
+def mini_imagenet_dataset(data_paths: dict, pretrained: str | None = None) -> dict:
+    """TINY_DATASET's training settings on an ImageNet-LT-style root: file loader with the
+    ImageNet augmentation, ResNet-10, optionally a pretrained trunk in the Caffe format."""
+    dataset = copy.deepcopy(TINY_DATASET)
+    dataset["data"] = {"kind": "lists", **data_paths}
+    dataset["class_splits"] = {"many_threshold": 12, "few_threshold": 5}  # 2 / 2 / 2 classes
+    dataset["input"] = {"size": 16, "resize": 18, "augment": "imagenet", "preload": False, "workers": 0}
+    dataset["backbone"] = {"name": "resnet10", "embed_dim": 16}
+    if pretrained:
+        dataset["backbone"]["pretrained"] = {"path": pretrained, "format": "caffe"}
+    return dataset
+
+
+def config_with(**datasets) -> dict:
+    config = tiny_config()
+    config["datasets"].update(datasets)
+    return config
+
+
+def repo_dataset(name: str) -> dict:
+    """A preset of the repository's config.yaml."""
+    return yaml.safe_load((REPO / "config.yaml").read_text())["datasets"][name]
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory):
+    return make_imagenet_lt_root(tmp_path_factory.mktemp("imagenet_lt"))
+
+
+def test_mini_imagenet_lt_whole_dag(tmp_path, mini_root):
+    weights = tmp_path / "caffe_resnet10.pth"
+    torch.save(caffe_style(resnet10_state_dict()), weights)
+    workdir = copy_workflow(tmp_path / "wf", config_with(mini=mini_imagenet_dataset(mini_root, str(weights))))
+    started = time.perf_counter()
+    snakemake(workdir, "--cores", "2", "results/mini/report.csv")
+    print(f"mini ImageNet-LT DAG: {time.perf_counter() - started:.1f} s")
+    results = workdir / "results/mini"
+    classes = pd.read_csv(results / "classes.csv")
+    assert classes["split"].value_counts().to_dict() == {"many": 2, "medium": 2, "few": 2}
+    report = pd.read_csv(results / "report.csv")
+    assert {"base", "experts_calibrated", "oracle"} <= set(report["method"])
+    assert "trunk initialised from" in (results / "logs/train_base.log").read_text()
+    test_lines = open(mini_root["test_list"]).read().splitlines()
+    table = read_logits(results / "logits/few/test.parquet")
+    assert list(table.paths) == [line.rsplit(" ", 1)[0] for line in test_lines]
+    assert not (results / "data").exists()  # a lists dataset is read in place
+    assert planned_jobs(workdir, "results/mini/report.csv") == set()
+
+
+def test_mini_cifar_archive_whole_dag(tmp_path):
+    archive = make_cifar_archive(tmp_path / "cifar-100-python.tar.gz", "cifar100")
+    dataset = copy.deepcopy(TINY_DATASET)
+    dataset["data"] = {"kind": "cifar", "cifar": {"archive": str(archive), "variant": "cifar100",
+                                                  "imbalance": 10, "val_per_class": 4}}
+    dataset["class_splits"] = {"many_threshold": 20, "few_threshold": 6}  # 36 22 | 14 9 | 5 3
+    dataset["input"].update(size=32, pad=4)
+    workdir = copy_workflow(tmp_path / "wf", config_with(c100=dataset))
+    started = time.perf_counter()
+    snakemake(workdir, "--cores", "2", "results/c100/report.csv")
+    print(f"mini CIFAR-100-LT DAG: {time.perf_counter() - started:.1f} s")
+    results = workdir / "results/c100"
+    classes = pd.read_csv(results / "classes.csv")
+    assert classes["train_count"].tolist() == [36, 22, 14, 9, 5, 3]
+    assert classes["split"].tolist() == ["many", "many", "medium", "medium", "few", "few"]
+    assert len((results / "data/test.txt").read_text().splitlines()) == 30
+    assert np.isfinite(pd.read_csv(results / "report.csv")[["many", "medium", "few", "all"]].to_numpy()).all()
+    assert planned_jobs(workdir, "results/c100/report.csv") == set()
+
+
+def test_default_target_ignores_real_datasets_absent_here(tmp_path):
+    """The repository's own config (places, imagenet, cifar roots absent): the default run plans."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    workdir = copy_workflow(tmp_path / "wf", config)
+    rules = {rule for rule, _ in planned_jobs(workdir)}
+    assert rules == {"synthetic_data", "classes", "train_base", "train_expert", "logits",
+                     "calibrate", "report"}
+
+
+def failure(workdir, target) -> str:
+    started = time.perf_counter()
+    result = snakemake(workdir, "-n", "--cores", "1", target, check=False)
+    assert result.returncode != 0
+    assert time.perf_counter() - started < 60
+    return result.stdout + result.stderr
+
+
+def test_missing_data_paths_fail_at_dag_build_naming_the_key(tmp_path):
+    places = repo_dataset("places")
+    workdir = copy_workflow(tmp_path / "wf", config_with(places=places, cifar100_lt=repo_dataset("cifar100_lt")))
+    out = failure(workdir, "results/places/classes.csv")
+    assert "config key datasets.places.data.train_list: data/places_lt/Places_LT_train.txt does not exist" in out
+    out = failure(workdir, "results/places/models/base/weights.pt")
+    assert "config key datasets.places.data.root: data/places365 is not an existing folder" in out
+    assert "config key datasets.cifar100_lt.data.cifar.archive: data/cifar/cifar-100-python.tar.gz " \
+           "does not exist" in failure(workdir, "results/cifar100_lt/report.csv")
+
+    (tmp_path / "images").mkdir()
+    places["data"]["root"] = str(tmp_path / "images")
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.txt").write_text("a.jpg 0\n")
+        places["data"][f"{split}_list"] = str(tmp_path / f"{split}.txt")
+    del places["data"]["val_list"]
+    workdir = copy_workflow(tmp_path / "wf2", config_with(places=places))
+    assert "config key datasets.places.data.val_list is not set" in \
+        failure(workdir, "results/places/models/base/weights.pt")
+    places["data"]["val_list"] = str(tmp_path / "val.txt")
+    workdir = copy_workflow(tmp_path / "wf3", config_with(places=places))
+    assert "config key datasets.places.backbone.pretrained.path: data/pretrained/caffe_resnet152.pth " \
+           "does not exist" in failure(workdir, "results/places/report.csv")
+
+
+def test_list_errors_name_file_line_and_missing_classes(tmp_path, mini_root):
+    lines = open(mini_root["train_list"]).read().splitlines()
+    broken = tmp_path / "broken.txt"
+    broken.write_text("\n".join(lines[:2] + ["train/n00000000/no_label.JPEG"] + lines[2:]) + "\n")
+    gap = tmp_path / "gap.txt"  # class 2 relabelled to 6: ids 0, 1, 3, 4, 5, 6
+    gap.write_text("\n".join(line[:-2] + " 6" if line.endswith(" 2") else line for line in lines) + "\n")
+    val_gap = tmp_path / "val_gap.txt"  # no class 5 in val
+    val_gap.write_text("".join(line + "\n" for line in open(mini_root["val_list"]).read().splitlines()
+                               if not line.endswith(" 5")))
+    workdir = copy_workflow(tmp_path / "wf", config_with(
+        broken=mini_imagenet_dataset({**mini_root, "train_list": str(broken)}),
+        gap=mini_imagenet_dataset({**mini_root, "train_list": str(gap)}),
+        val_gap=mini_imagenet_dataset({**mini_root, "val_list": str(val_gap)})))
+    # Found while Snakemake builds the DAG (a dry run), before any job starts.
+    out = failure(workdir, "results/broken/classes.csv")
+    assert "config key datasets.broken.data.train_list: " in out
+    assert "broken.txt:3: expected 'relative/path label'" in out
+    out = failure(workdir, "results/gap/classes.csv")
+    assert "gap.txt: no entries for class ids 2; labels must cover 0..6" in out
+    out = failure(workdir, "results/val_gap/models/base/weights.pt")
+    assert "config key datasets.val_gap.data.val_list: " in out
+    assert "val_gap.txt: no entries for class ids 5; labels must cover 0..5" in out
+    # The classes job reads the train list alone and is not held up by the val list.
+    assert ("classes", "dataset=val_gap") in planned_jobs(workdir, "results/val_gap/classes.csv")
+
+
+def test_mismatching_pretrained_file_names_the_config_key(tmp_path, mini_root):
+    weights = tmp_path / "resnet18.pth"
+    torch.save(ResNet(BasicBlock, [2, 2, 2, 2]).state_dict(), weights)
+    workdir = copy_workflow(tmp_path / "wf", config_with(mini=mini_imagenet_dataset(mini_root, str(weights))))
+    result = snakemake(workdir, "--cores", "1", "results/mini/models/base/weights.pt", check=False)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "datasets.mini.backbone.pretrained.path:" in out and "does not match the backbone" in out
+
+
+@pytest.mark.skipif(not PLACES.exists(), reason="shared Places-LT lists not present")
+def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
+    places = repo_dataset("places")
+    places["data"].update({f"{s}_list": str(PLACES / f"Places_LT_{s}.txt") for s in ("train", "val", "test")})
+    places["data"]["root"] = str(tmp_path / "no-images-here")
+    workdir = copy_workflow(tmp_path / "wf", config_with(places=places))
+    # classes.csv needs the train list alone: no image root, no images.
+    snakemake(workdir, "--cores", "1", "results/places/classes.csv")
+    classes = pd.read_csv(workdir / "results/places/classes.csv")
+    assert len(classes) == 365 and classes["train_count"].sum() == 62500
+    assert classes["split"].value_counts().to_dict() == {"many": 131, "medium": 163, "few": 71}
+
+    places["class_splits"]["many_inclusive"] = True  # the original experts code: many >= 100
+    places["data"]["root"] = str(tmp_path)
+    weights = tmp_path / "caffe_resnet152.pth"
+    weights.write_bytes(b"")  # the plan needs the file to exist, not to be read
+    places["backbone"]["pretrained"]["path"] = str(weights)
+    workdir_config = config_with(places=places)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(workdir_config, sort_keys=False))
+    started = time.perf_counter()
+    jobs = planned_jobs(workdir, "results/places/report.csv")
+    seconds = time.perf_counter() - started
+    print(f"places dry run: {len(jobs)} jobs in {seconds:.1f} s")
+    rules = [rule for rule, _ in jobs]
+    assert sorted(set(rules)) == ["calibrate", "classes", "logits", "report", "train_base", "train_expert"]
+    # classes, base, 3 experts, logits (4 models on test, 3 experts on val), calibrate, report
+    assert len(jobs) == 14 and rules.count("logits") == 7
+    snakemake(workdir, "--cores", "1", "results/places/classes.csv")
+    classes = pd.read_csv(workdir / "results/places/classes.csv")
+    assert classes["split"].value_counts().to_dict() == {"many": 132, "medium": 162, "few": 71}
