@@ -95,7 +95,7 @@ def test_default_target_ignores_real_datasets_absent_here(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     workdir = copy_workflow(tmp_path / "wf", config)
     rules = {rule for rule, _ in planned_jobs(workdir)}
-    assert rules == {"synthetic_data", "classes", "train_base", "train_expert", "logits",
+    assert rules == {"synthetic_data", "classes", "train_base", "train_expert", "train_crt", "logits",
                      "calibrate", "report"}
 
 
@@ -124,7 +124,8 @@ def test_missing_data_paths_fail_at_dag_build_naming_the_key(tmp_path):
         places["data"][f"{split}_list"] = str(tmp_path / f"{split}.txt")
     del places["data"]["val_list"]
     workdir = copy_workflow(tmp_path / "wf2", config_with(places=places))
-    assert "config key datasets.places.data.val_list is not set" in \
+    # A lists dataset without one of its four paths is a config error at parse time.
+    assert "datasets.places.data: kind 'lists' needs val_list" in \
         failure(workdir, "results/places/models/base/weights.pt")
     places["data"]["val_list"] = str(tmp_path / "val.txt")
     workdir = copy_workflow(tmp_path / "wf3", config_with(places=places))
@@ -192,9 +193,11 @@ def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
     seconds = time.perf_counter() - started
     print(f"places dry run: {len(jobs)} jobs in {seconds:.1f} s")
     rules = [rule for rule, _ in jobs]
-    assert sorted(set(rules)) == ["calibrate", "classes", "logits", "report", "train_base", "train_expert"]
-    # classes, base, 3 experts, logits (4 models on test, 3 experts on val), calibrate, report
-    assert len(jobs) == 14 and rules.count("logits") == 7
+    assert sorted(set(rules)) == ["calibrate", "classes", "logits", "report", "train_base", "train_crt",
+                                  "train_expert"]
+    # classes, base, cRT, 3 experts, logits (base val+test, cRT test, 3 experts val+test),
+    # calibrate, report
+    assert len(jobs) == 17 and rules.count("logits") == 9
     snakemake(workdir, "--cores", "1", "results/places/classes.csv")
     classes = pd.read_csv(workdir / "results/places/classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 132, "medium": 162, "few": 71}

@@ -12,7 +12,8 @@ sys.path.insert(0, _SRC)
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
 from balanced_experts.configuration import ConfigError, check_config  # noqa: E402
-from balanced_experts.lists import ListFormatError, check_labels_cover, read_list  # noqa: E402
+from balanced_experts.lists import (ListFormatError, check_labels_cover,  # noqa: E402
+                                    check_labels_in_range, read_list)
 
 # Before any job runs. snakemake.utils.validate would print the whole jsonschema dump;
 # check_config names the key path and the allowed values in one line, and also checks
@@ -125,9 +126,8 @@ def check_list(dataset, split):
         num_classes = image_list.num_classes if split == "train" else parsed("train").num_classes
         if split != "test":
             check_labels_cover(image_list, num_classes)
-        elif image_list.labels.max() >= num_classes:
-            raise ListFormatError(f"{image_list.source}: labels above {num_classes - 1}, "
-                                  "the largest class id of the train list")
+        else:
+            check_labels_in_range(image_list, num_classes)
     except (ListFormatError, OSError, UnicodeDecodeError) as error:
         raise WorkflowError(f"config key datasets.{dataset}.data.{split}_list: {error}") from None
 
