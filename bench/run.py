@@ -377,6 +377,7 @@ def main():
     parser.add_argument("--train-images", type=int, default=0, help="images per timed pass (0: by input size)")
     parser.add_argument("--batch", type=int, default=0, help="batch size (0: 128 small, 32 at 224 px on CPU)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="for the MFU line (H200 bf16: 989)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the JPEG loader rows")
     parser.add_argument("--compile", action="store_true", help="torch.compile in the pipeline loop")
     parser.add_argument("--shared-data", type=Path,
                         default=Path(os.environ.get("BALANCED_EXPERTS_SHARED_DATA", HERE.parent / "shared/data")))
@@ -392,6 +393,7 @@ def main():
     device = resolve_device(args.device)
     setup_torch(args.cores, 0, device)
     bench_backbone.compile, bench_backbone.peak_tflops = args.compile, args.peak_tflops
+    bench_data_loading.workers = args.workers
     print(f"bench: {repo} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
