@@ -144,3 +144,72 @@ def test_unreadable_image_names_file_and_line(tmp_path, small_root):
     (broken / image_list.paths[2]).write_bytes(b"not a png")
     with pytest.raises(ImageFileError, match=r"val.txt, line 3\)"):
         ImageSource.open(broken, image_list, InputSpec(size=16, preload=True))
+
+
+def _jpeg_and_png_root(tmp_path):
+    from balanced_experts.lists import ImageList
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        # Smooth images: JPEG compression and resampling differ little between decoders.
+        ramp = np.linspace(0, 255, 70)[None, :, None] * np.ones((50 + 10 * i, 1, 3)) * rng.random(3)
+        ext = "jpg" if i % 2 else "png"
+        Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / f"{i}.{ext}", quality=95)
+        paths.append(f"{i}.{ext}")
+    return tmp_path, ImageList(paths=paths, labels=np.arange(6) % 3)
+
+
+def test_device_decoding_falls_back_to_the_cpu_and_matches_the_pil_path(tmp_path):
+    """decode_on_device on a CPU job: JPEGs through torchvision's decoder, PNGs through
+    decode_image; the eval inputs agree with the PIL path, training batches are well formed."""
+    import torch
+
+    root, image_list = _jpeg_and_png_root(tmp_path)
+    spec = InputSpec(size=32, resize=36, augment="imagenet", mean=(0.5,) * 3, std=(0.25,) * 3)
+    cpu = torch.device("cpu")
+    positions = np.arange(len(image_list))
+    reference = list(ImageSource.open(root, image_list, spec).batches(positions, image_list.labels, 4, False, cpu))
+    decoded = list(ImageSource.open(root, image_list, spec, decode_on_device=True)
+                   .batches(positions, image_list.labels, 4, False, cpu))
+    assert [x.shape for x, _ in decoded] == [x.shape for x, _ in reference]
+    for (x, y), (x_ref, y_ref) in zip(decoded, reference):
+        assert torch.equal(y, y_ref)
+        assert (x - x_ref).abs().mean() < 0.05  # normalised units: ~1/80 of the pixel range
+    source = ImageSource.open(root, image_list, spec, decode_on_device=True)
+    runs = [list(source.batches(positions, image_list.labels, 4, True, cpu, torch.Generator().manual_seed(1)))
+            for _ in range(2)]
+    for (x, y), (x2, y2) in zip(*runs):  # seeded: the same crops, flips and jitter twice
+        assert x.shape[1:] == (3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        assert torch.isfinite(x).all()
+
+
+def test_image_cache_holds_the_decoded_pixels_memory_mapped(small_root, tmp_path):
+    """The cache is the PNG pixels in list order, read back as a memory map, and a job's
+    batches from it equal those from decoding the files."""
+    import torch
+
+    from balanced_experts.data import read_image_cache, write_image_cache
+
+    image_list = read_list(small_root / "train.txt")
+    cache = tmp_path / "cache" / "train.npy"
+    write_image_cache(small_root, image_list, 16, cache)
+    pixels = read_image_cache(cache, image_list, 16)
+    assert isinstance(pixels, np.memmap) and pixels.shape == (len(image_list), 3, 16, 16)
+    for i in (0, len(image_list) - 1):
+        expected = np.asarray(Image.open(small_root / image_list.paths[i]).convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(pixels[i], expected)
+    spec = InputSpec(size=16, augment="crop_flip", preload=True)
+    rows = np.arange(1, len(image_list), 2)
+    for subset, cache_rows in ((image_list, None), (image_list.subset(rows), rows)):
+        decoded = ImageSource.open(small_root, subset, spec)
+        cached = ImageSource.open(small_root, subset, spec, cache=cache, cache_rows=cache_rows)
+        positions = np.arange(len(subset))
+        for (a, _), (b, _) in zip(decoded.batches(positions, subset.labels, 8, True, torch.device("cpu"),
+                                                  torch.Generator().manual_seed(0)),
+                                  cached.batches(positions, subset.labels, 8, True, torch.device("cpu"),
+                                                 torch.Generator().manual_seed(0))):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="image cache"):
+        read_image_cache(cache, image_list.subset(rows), 16)

@@ -166,3 +166,22 @@ def test_rerun_after_edit_completes(edited_run):
     snakemake(edited_run, "--cores", "2")
     assert (edited_run / "results/tiny/models/base/weights.pt").stat().st_mtime_ns == before
     assert planned_jobs(edited_run) == set()
+
+
+def test_jobs_read_the_decoded_cache_not_the_images(edited_run):
+    """Each split is decoded once into results/<dataset>/cache/<split>.npy, which the
+    training and logits jobs list as an input; rebuilding one split's cache reruns its readers."""
+    lists = {split: (edited_run / f"results/tiny/data/{split}.txt").read_text().splitlines() for split in SPLITS}
+    for split in SPLITS:
+        cache = np.load(edited_run / f"results/tiny/cache/{split}.npy", mmap_mode="r")
+        assert isinstance(cache, np.memmap) and cache.shape == (len(lists[split]), 3, 12, 12)
+    # Other pixels in the test cache: exactly the five test-split logits jobs read it.
+    path = edited_run / "results/tiny/cache/test.npy"
+    pixels = np.load(path)
+    pixels[0] = 255 - pixels[0]
+    np.save(path, pixels)
+    later = time.time() + 5
+    os.utime(path, (later, later))
+    jobs = planned_jobs(edited_run)
+    assert {("logits", f"dataset=tiny, model={m}, split=test") for m in MODELS} <= jobs
+    assert not any(rule.startswith("train") or rule == "image_cache" for rule, _ in jobs)

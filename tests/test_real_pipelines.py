@@ -95,8 +95,8 @@ def test_default_target_ignores_real_datasets_absent_here(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     workdir = copy_workflow(tmp_path / "wf", config)
     rules = {rule for rule, _ in planned_jobs(workdir)}
-    assert rules == {"synthetic_data", "classes", "train_base", "train_expert", "train_crt", "logits",
-                     "calibrate", "report"}
+    assert rules == {"synthetic_data", "image_cache", "classes", "train_base", "train_expert", "train_crt",
+                     "logits", "calibrate", "report"}
 
 
 def failure(workdir, target) -> str:

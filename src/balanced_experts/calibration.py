@@ -52,16 +52,35 @@ class JointCalibration(nn.Module):
         self.scales = nn.ParameterList([nn.Parameter(torch.ones(k + 1)) for k in expert_sizes])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(k + 1)) for k in expert_sizes])
 
-    def forward(self, experts: list[ExpertOutputs]) -> torch.Tensor:
-        n = experts[0].logits.shape[0]
-        device = experts[0].logits.device
-        # Classes no expert covers get probability zero (log -inf).
-        log_full = torch.full((n, self.num_classes), float("-inf"), device=device)
+    def _joined(self, experts: list[ExpertOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every expert's class log-probabilities side by side (N x sum k_e, reject dropped),
+        and for each global class its column there (``sum k_e`` for a class no expert covers).
+
+        The experts' class sets are disjoint, so the renormaliser is the logsumexp of these
+        columns: no N x C scatter is needed, which at ImageNet-LT size is most of the cost.
+        """
+        log_ps = []
         for expert, scale, bias in zip(experts, self.scales, self.biases):
             z = prior_corrected(expert) if self.prior_correction else expert.logits
-            log_p = torch.log_softmax(z * scale + bias, dim=1)[:, :-1]
-            log_full = log_full.index_copy(1, expert.class_ids, log_p)
-        return log_full - torch.logsumexp(log_full, dim=1, keepdim=True)
+            log_ps.append(torch.log_softmax(z * scale + bias, dim=1)[:, :-1])
+        joined = torch.cat(log_ps, dim=1)
+        owned = torch.cat([e.class_ids for e in experts]).to(joined.device)
+        column = torch.full((self.num_classes,), joined.shape[1], dtype=torch.long, device=joined.device)
+        column[owned] = torch.arange(len(owned), device=joined.device)
+        return joined, column
+
+    def forward(self, experts: list[ExpertOutputs]) -> torch.Tensor:
+        joined, column = self._joined(experts)
+        # Classes no expert covers read a -inf column: probability zero.
+        padded = torch.cat([joined, joined.new_full((len(joined), 1), float("-inf"))], dim=1)
+        return padded[:, column] - torch.logsumexp(joined, dim=1, keepdim=True)
+
+    def nll(self, experts: list[ExpertOutputs], labels: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of ``labels``: ``nll_loss(forward(experts), labels)``
+        without building the N x C log-probabilities (labels must be covered by an expert)."""
+        joined, column = self._joined(experts)
+        picked = joined.gather(1, column[labels][:, None]).squeeze(1)
+        return (torch.logsumexp(joined, dim=1) - picked).mean()
 
 
 def fuse(experts: list[ExpertOutputs], num_classes: int, prior_correction: bool = False) -> torch.Tensor:
@@ -89,14 +108,14 @@ def fit_calibration(
     )
 
     def objective() -> torch.Tensor:
-        nll = nn.functional.nll_loss(model(experts), labels)
+        nll = model.nll(experts, labels)
         if weight_decay:
             penalty = sum(((s - 1) ** 2).sum() for s in model.scales) + sum((b**2).sum() for b in model.biases)
             nll = nll + weight_decay * penalty
         return nll
 
     with torch.no_grad():
-        start_nll = nn.functional.nll_loss(model(experts), labels).item()
+        start_nll = model.nll(experts, labels).item()
 
     def closure():
         optimizer.zero_grad()
@@ -106,7 +125,7 @@ def fit_calibration(
 
     optimizer.step(closure)
     with torch.no_grad():
-        end_nll = nn.functional.nll_loss(model(experts), labels).item()
+        end_nll = model.nll(experts, labels).item()
     evaluations = optimizer.state[optimizer._params[0]].get("func_evals", 0)
     log(f"calibration: val NLL {start_nll:.4f} -> {end_nll:.4f} in {evaluations} evaluations")
     return model, {"val_nll_before": start_nll, "val_nll_after": end_nll, "evaluations": evaluations}

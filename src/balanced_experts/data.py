@@ -3,21 +3,26 @@
 Two paths serve every dataset:
 
 * ``preload: true`` (small images: synthetic, CIFAR): every image is decoded once into a
-  uint8 tensor in memory; augmentation (pad + random crop + flip) runs batch-wise on the
-  compute device. This avoids per-sample Python work that would dominate on a CPU.
+  uint8 N x 3 x H x W array; augmentation (pad + random crop + flip) runs batch-wise on the
+  compute device. This avoids per-sample Python work that would dominate on a CPU. The
+  workflow decodes each split once into a ``.npy`` file (:func:`write_image_cache`) that
+  every job memory-maps, instead of every job decoding the same PNG files again.
 * ``preload: false`` (ImageNet-LT, Places-LT): a DataLoader with workers decodes files and
   applies the ImageNet recipe per sample (RandomResizedCrop, flip, ColorJitter; eval:
-  Resize + CenterCrop).
+  Resize + CenterCrop). With ``decode_on_device`` the workers only read the file bytes and
+  the JPEGs are decoded and augmented batch-wise on the job's device (nvJPEG on CUDA).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -97,6 +102,42 @@ class _FileDataset(Dataset):
         return self.transform(image), int(self.targets[i])
 
 
+def decode_all(root: Path, image_list: ImageList, size: int, out: np.ndarray) -> np.ndarray:
+    """Decode every listed image into ``out`` (N x 3 x size x size uint8), resized if needed."""
+    for i in range(len(image_list)):
+        image = open_rgb(root, image_list, i)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(image).transpose(2, 0, 1)
+    return out
+
+
+def write_image_cache(root: str | Path, image_list: ImageList, size: int, path: str | Path) -> None:
+    """Decode a split once into a ``.npy`` file (N x 3 x size x size uint8, list order).
+
+    Written through a memory map, so the array never has to fit in memory twice, and
+    atomically, so a killed job leaves no truncated cache behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_list), 3, size, size))
+    decode_all(Path(root), image_list, size, out)
+    out.flush()
+    del out
+    tmp.replace(path)
+
+
+def read_image_cache(path: str | Path, image_list: ImageList, size: int) -> np.ndarray:
+    """The cache of a split, memory-mapped read-only: pages are shared by every job reading it."""
+    pixels = np.load(path, mmap_mode="r")
+    expected = (len(image_list), 3, size, size)
+    if pixels.shape != expected or pixels.dtype != np.uint8:
+        raise ValueError(f"image cache {path} holds {pixels.dtype} {pixels.shape}, expected uint8 {expected} "
+                         f"for {image_list.source}; delete it to rebuild")
+    return pixels
+
+
 @dataclass
 class ImageSource:
     """The images of one list file, ready to be batched."""
@@ -104,29 +145,36 @@ class ImageSource:
     root: Path
     image_list: ImageList
     spec: InputSpec
-    pixels: torch.Tensor | None = field(default=None, repr=False)  # N x 3 x H x W uint8 when preloaded
+    pixels: np.ndarray | None = field(default=None, repr=False)  # N x 3 x H x W uint8 when preloaded
+    decode_on_device: bool = False  # file path: decode JPEGs on the job's device (see module doc)
 
     @classmethod
-    def open(cls, root: str | Path, image_list: ImageList, spec: InputSpec) -> "ImageSource":
-        source = cls(Path(root), image_list, spec)
-        if spec.preload:
-            source.pixels = source._decode_all()
+    def open(cls, root: str | Path, image_list: ImageList, spec: InputSpec, cache: str | Path | None = None,
+             cache_rows=None, decode_on_device: bool = False) -> "ImageSource":
+        """``cache``: the split's :func:`write_image_cache` file, whose rows ``cache_rows`` are
+        the entries of ``image_list`` (all rows, in order, when None); preloaded sources only.
+        """
+        source = cls(Path(root), image_list, spec, decode_on_device=decode_on_device)
+        if spec.preload and cache is not None:
+            if cache_rows is None:
+                source.pixels = read_image_cache(cache, image_list, spec.size)
+            else:
+                rows = np.asarray(cache_rows)
+                full = np.load(cache, mmap_mode="r")
+                if full.ndim != 4 or full.shape[1:] != (3, spec.size, spec.size) or (
+                        len(rows) and rows.max() >= len(full)):
+                    raise ValueError(f"image cache {cache} ({full.shape}) does not fit {image_list.source}")
+                source.pixels = np.ascontiguousarray(full[rows])  # a subset: copied once, small
+        elif spec.preload:
+            size = spec.size
+            source.pixels = decode_all(source.root, image_list, size,
+                                       np.empty((len(image_list), 3, size, size), dtype=np.uint8))
         else:
             check_files_exist(source.root, image_list)
         return source
 
     def __len__(self) -> int:
         return len(self.image_list)
-
-    def _decode_all(self) -> torch.Tensor:
-        size = self.spec.size
-        pixels = torch.empty((len(self.image_list), 3, size, size), dtype=torch.uint8)
-        for i in range(len(self.image_list)):
-            image = open_rgb(self.root, self.image_list, i)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
-            pixels[i] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-        return pixels
 
     # -- per-sample transforms for the file path -------------------------------------
     def _file_transform(self, train: bool):
@@ -165,6 +213,8 @@ class ImageSource:
             indices, targets = indices[order], targets[order]
         if self.pixels is not None:
             yield from self._tensor_batches(indices, targets, batch_size, train, device, generator)
+        elif self.decode_on_device:
+            yield from self._device_decoded_batches(indices, targets, batch_size, train, device, generator)
         else:
             yield from self._file_batches(indices, targets, batch_size, train, device, generator)
 
@@ -173,7 +223,10 @@ class ImageSource:
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         for start in range(0, len(indices), batch_size):
             idx = indices[start:start + batch_size]
-            x = self.pixels[idx].to(device, non_blocking=True)
+            x = torch.from_numpy(np.asarray(self.pixels[idx.numpy()]))  # a copy, also from a memory map
+            if device.type == "cuda":
+                x = x.pin_memory()  # so the copy below is asynchronous
+            x = x.to(device, non_blocking=True)
             if train and self.spec.augment != "none":
                 x = _random_crop_flip(x, self.spec.pad, generator)
             x = ((x.float().div_(255) - mean) / std).contiguous(memory_format=torch.channels_last)
@@ -197,6 +250,135 @@ class ImageSource:
         for x, y in loader:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             yield x, y.to(device, non_blocking=True)
+
+
+    def _device_decoded_batches(self, indices, targets, batch_size, train, device, generator):
+        """Workers read file bytes; JPEGs are decoded (nvJPEG on CUDA, libjpeg on the CPU) and
+        resized on ``device``, and the flip, colour jitter and normalisation run batch-wise there.
+
+        The augmentation draws its random numbers from ``generator`` on the CPU, so the crops
+        are the same on every device. Its colour jitter applies brightness, contrast and
+        saturation in that fixed order (torchvision's ColorJitter shuffles the order).
+        """
+        dataset = _EncodedDataset(self.root, self.image_list, indices.numpy(), targets.numpy())
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.spec.workers,
+                            collate_fn=_keep_list, pin_memory=False,
+                            prefetch_factor=4 if self.spec.workers else None)
+        mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        s = self.spec
+        for items in loader:
+            encoded = [data for data, _ in items]
+            y = torch.tensor([target for _, target in items])
+            images = decode_images(encoded, device)
+            crops = []
+            for image in images:
+                h, w = image.shape[-2:]
+                if train and s.augment == "imagenet":
+                    top, left, ch, cw = _random_resized_crop_box(h, w, generator)
+                    crop = _resize(image[:, top:top + ch, left:left + cw], (s.size, s.size))
+                else:
+                    short = s.size if train else (s.resize or round(s.size * 8 / 7))
+                    scale = short / min(h, w)
+                    resized = _resize(image, (max(short, round(h * scale)), max(short, round(w * scale))))
+                    # CenterCrop's offsets (rounded, not floored), so eval inputs match the PIL path.
+                    top = int(round((resized.shape[1] - s.size) / 2))
+                    left = int(round((resized.shape[2] - s.size) / 2))
+                    crop = resized[:, top:top + s.size, left:left + s.size]
+                crops.append(crop)
+            x = torch.stack(crops).div_(255)
+            if train and s.augment == "imagenet":
+                x = _flip_and_jitter(x, generator)
+            elif train and s.augment == "crop_flip":
+                x = _random_crop_flip(x, s.pad, generator)
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            yield x, y.to(device, non_blocking=True)
+
+
+class _EncodedDataset(Dataset):
+    """The raw bytes of each file: the cheap part of loading, left to the workers."""
+
+    def __init__(self, root: Path, image_list: ImageList, indices, targets):
+        self.root, self.image_list = root, image_list
+        self.indices, self.targets = np.asarray(indices), np.asarray(targets)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        index = int(self.indices[i])
+        path = self.root / self.image_list.paths[index]
+        try:
+            data = torchvision.io.read_file(str(path))
+        except (OSError, RuntimeError) as error:
+            raise ImageFileError(f"cannot read image {path} ({self.image_list.source}, line "
+                                 f"{self.image_list.line_of(index)}): {error}") from error
+        return data, int(self.targets[i])
+
+
+def _keep_list(items):
+    return items
+
+
+def decode_images(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """3 x H x W uint8 RGB images on ``device`` from encoded files.
+
+    JPEGs are decoded as one batch on ``device`` (nvJPEG on CUDA); anything else (PNG, ...)
+    on the CPU and copied over.
+    """
+    is_jpeg = [len(data) > 2 and data[0] == 0xFF and data[1] == 0xD8 for data in encoded]
+    images: list[torch.Tensor | None] = [None] * len(encoded)
+    jpegs = [data for data, jpeg in zip(encoded, is_jpeg) if jpeg]
+    if jpegs:
+        decoded = torchvision.io.decode_jpeg(jpegs, mode=torchvision.io.ImageReadMode.RGB, device=device)
+        positions = [i for i, jpeg in enumerate(is_jpeg) if jpeg]
+        for position, image in zip(positions, decoded):
+            images[position] = image
+    for i, jpeg in enumerate(is_jpeg):
+        if not jpeg:
+            images[i] = torchvision.io.decode_image(encoded[i], mode=torchvision.io.ImageReadMode.RGB).to(device)
+    return images
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of one 3 x H x W image to float 3 x size."""
+    return torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear",
+                                           antialias=True, align_corners=False)[0]
+
+
+def _random_resized_crop_box(h: int, w: int, generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """RandomResizedCrop's box (torchvision's algorithm), drawn from ``generator``."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        draws = torch.rand(4, generator=generator).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
+        cw, ch = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(draws[2] * (h - ch + 1)), int(draws[3] * (w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, round(w / ratio[0])
+    elif in_ratio > ratio[1]:
+        ch, cw = h, round(h * ratio[1])
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _flip_and_jitter(x: torch.Tensor, generator, strength: float = 0.4) -> torch.Tensor:
+    """Horizontal flip of half the images and ColorJitter(0.4, 0.4, 0.4), batch-wise on [0, 1] images."""
+    n = x.shape[0]
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    factors = (1 + strength * (2 * torch.rand(n, 3, generator=generator) - 1)).to(x.device)
+    x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    x = (x * factors[:, 0, None, None, None]).clamp_(0, 1)  # brightness
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    x = (x - gray.mean((2, 3), keepdim=True)) * factors[:, 1, None, None, None] + gray.mean((2, 3), keepdim=True)
+    x = x.clamp_(0, 1)  # contrast
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    return ((x - gray) * factors[:, 2, None, None, None] + gray).clamp_(0, 1)  # saturation
 
 
 def _random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .experts import REJECT
+from .runtime import autocast
 
 META_KEY = b"balanced_experts"
 
@@ -101,15 +102,29 @@ def check_aligned(tables: dict[str, LogitsTable]) -> None:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches, num_samples: int, num_outputs: int) -> np.ndarray:
-    """Logits of every sample, in batch order, written into one preallocated array."""
+def predict(model: torch.nn.Module, batches, num_samples: int, num_outputs: int, amp: bool = False,
+            compile: bool = False) -> np.ndarray:
+    """Logits of every sample, in batch order, written into one preallocated array.
+
+    The logits stay on the device until the end (one preallocated device buffer, one copy
+    back), so the device never waits for a per-batch host copy. ``amp``: bf16 autocast on
+    CUDA; the stored logits are float32 either way.
+    """
     model.eval()
-    out = np.empty((num_samples, num_outputs), dtype=np.float32)
+    forward = torch.compile(model) if compile else model
+    out: torch.Tensor | None = None
     start = 0
     for x, _ in batches:
-        logits = model(x).float().cpu().numpy()
-        out[start:start + len(logits)] = logits
+        with autocast(x.device, amp):
+            logits = forward(x)
+        if out is None:
+            out = torch.empty((num_samples, num_outputs), dtype=torch.float32, device=x.device)
+        if start + len(logits) > num_samples:
+            raise RuntimeError(f"predicted more than the expected {num_samples} samples")
+        out[start:start + len(logits)] = logits.float()
         start += len(logits)
     if start != num_samples:
         raise RuntimeError(f"predicted {start} samples, expected {num_samples}")
-    return out
+    if out is None:
+        return np.empty((0, num_outputs), dtype=np.float32)
+    return out.cpu().numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -68,3 +69,10 @@ def setup_torch(threads: int, seed: int, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device, amp: bool = True):
+    """bf16 autocast on CUDA when ``amp``; on the CPU a no-op (float32 keeps CPU runs exact)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .models import train_mode
+from .runtime import autocast
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,15 @@ def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (%) over ``batches``."""
+def evaluate(model: nn.Module, batches: Iterable, amp: bool = False, forward: Callable | None = None
+             ) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) over ``batches``; ``forward`` defaults to ``model``."""
     model.eval()
+    forward = forward or model
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches:
-        logits = model(x)
+        with autocast(x.device, amp):
+            logits = forward(x).float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
@@ -148,6 +152,8 @@ def fit(
     log: Callable[[str], None] = print,
     resume_path: str | Path | None = None,
     fingerprint: str = "",
+    amp: bool = False,
+    compile: bool = False,
 ) -> dict:
     """Train ``parameters`` of ``model``; returns the best epoch's state dict and summary.
 
@@ -159,7 +165,11 @@ def fit(
     With ``resume_path``, the state after every epoch is saved there (atomically), and a
     checkpoint found there with the same ``fingerprint`` (see :func:`run_fingerprint`)
     is resumed from. The caller removes it once the final weights are safely written.
+
+    ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
+    through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
     """
+    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(
         parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -200,8 +210,9 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in train_batches(generator):
-            logits = model(x)
-            loss = criterion(logits, y)
+            with autocast(x.device, amp):
+                logits = forward(x)
+                loss = criterion(logits.float(), y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(
                     f"{name}: training loss is {loss.item()} at epoch {epoch} "
@@ -214,7 +225,7 @@ def fit(
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
-        val_loss, val_acc = evaluate(model, val_batches())
+        val_loss, val_acc = evaluate(model, val_batches(), amp, forward)
         seconds = time.perf_counter() - epoch_start
 
         if val_acc > best_acc:

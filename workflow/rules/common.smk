@@ -153,6 +153,27 @@ def datasets_of_kind(kind):
     return "|".join(names) if names else "(?!)"
 
 
+def preloaded_datasets():
+    """Wildcard regex of the datasets with ``input.preload`` (never matches if none)."""
+    names = [name for name, cfg in config["datasets"].items() if cfg["input"].get("preload")]
+    return "|".join(names) if names else "(?!)"
+
+
+def image_cache(split):
+    """Input function: the decoded-once cache of a split, for preloaded datasets only.
+
+    Jobs of other datasets read the image files themselves (nothing to declare), so a
+    dataset with ``preload: false`` never gets a cache job upstream of its training.
+    """
+
+    def _image_cache(wildcards):
+        if not dataset_config(wildcards)["input"].get("preload"):
+            return []
+        return f"results/{wildcards.dataset}/cache/{split}.npy"
+
+    return _image_cache
+
+
 def section(*keys):
     """Params function: one slice of the job's dataset config (and nothing else)."""
 

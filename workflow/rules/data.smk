@@ -54,3 +54,25 @@ rule classes:
         "results/{dataset}/logs/classes.log",
     script:
         "../scripts/classes.py"
+
+
+rule image_cache:
+    """Decode one split of a preloaded (small-image) dataset once, for every job to memory-map."""
+    input:
+        images=lambda wildcards: list_file(wildcards.split)(wildcards),
+        code=code("image_cache", "data", "lists", "runtime"),
+    output:
+        cache="results/{dataset}/cache/{split}.npy",
+    params:
+        size=section("input", "size"),
+        root=image_root,
+    wildcard_constraints:
+        dataset=preloaded_datasets(),
+    conda:
+        "../envs/pytorch.yaml"
+    log:
+        "results/{dataset}/logs/image_cache_{split}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/image_cache_{split}.tsv"
+    script:
+        "../scripts/image_cache.py"

@@ -3,6 +3,7 @@ rule logits:
     input:
         weights="results/{dataset}/models/{model}/weights.pt",
         images=lambda wildcards: list_file(wildcards.split)(wildcards),
+        cache=lambda wildcards: image_cache(wildcards.split)(wildcards),
         code=code("logits", "data", "lists", "logits", "models", "runtime"),
     output:
         logits="results/{dataset}/logits/{model}/{split}.parquet",

@@ -3,6 +3,8 @@ rule train_crt:
     input:
         train=list_file("train"),
         val=list_file("val"),
+        train_cache=image_cache("train"),
+        val_cache=image_cache("val"),
         base="results/{dataset}/models/base/weights.pt",
         code=code("train_crt", "crt", *TRAIN_MODULES),
     output:
@@ -37,7 +39,7 @@ rule report:
         calibration="results/{dataset}/calibration/calibration.pt",
         metrics=expand("results/{{dataset}}/models/{model}/metrics.csv", model=["base"] + EXPERTS + ["crt"]),
         code=code("report", "report", "baselines", "calibration", "logits", "metrics", "models", "plots",
-                  "splits"),
+                  "runtime", "splits"),
     output:
         report=report(
             "results/{dataset}/report.csv",

@@ -7,6 +7,8 @@ rule train_base:
     input:
         train=list_file("train"),
         val=list_file("val"),
+        train_cache=image_cache("train"),
+        val_cache=image_cache("val"),
         pretrained=pretrained_weights,
         code=code("train", *TRAIN_MODULES),
     output:
@@ -35,6 +37,8 @@ rule train_expert:
     input:
         train=list_file("train"),
         val=list_file("val"),
+        train_cache=image_cache("train"),
+        val_cache=image_cache("val"),
         classes="results/{dataset}/classes.csv",
         base="results/{dataset}/models/base/weights.pt",
         code=code("train", *TRAIN_MODULES),

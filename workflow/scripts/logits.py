@@ -21,11 +21,13 @@ model.to(device)
 image_list = read_list(snakemake.input.images)
 check_labels_in_range(image_list, meta["num_classes"])
 spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
-source = ImageSource.open(snakemake.params.root, image_list, spec)
+source = ImageSource.open(snakemake.params.root, image_list, spec, cache=snakemake.input.cache or None,
+                          decode_on_device=bool(execution.get("decode_on_device", False)))
 positions = np.arange(len(image_list))
 batches = source.batches(positions, image_list.labels, int(execution.get("eval_batch_size", 512)),
                          False, device)
-logits = predict(model, batches, len(image_list), len(meta["output_class_ids"]))
+logits = predict(model, batches, len(image_list), len(meta["output_class_ids"]),
+                 amp=bool(execution.get("amp", True)), compile=bool(execution.get("compile", False)))
 
 table = LogitsTable(
     logits=logits,

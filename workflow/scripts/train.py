@@ -73,8 +73,13 @@ else:
 
 check_labels_cover(val_list, num_classes)
 # Open only the images this model uses; positions are re-based onto the subsets.
-train_source = ImageSource.open(snakemake.params.root, train_list.subset(train_idx), spec)
-val_source = ImageSource.open(snakemake.params.root, val_list.subset(val_idx), spec)
+# Preloaded datasets come from the split's decoded cache (an empty input otherwise).
+train_source = ImageSource.open(snakemake.params.root, train_list.subset(train_idx), spec,
+                                cache=snakemake.input.train_cache or None, cache_rows=train_idx,
+                                decode_on_device=bool(execution.get("decode_on_device", False)))
+val_source = ImageSource.open(snakemake.params.root, val_list.subset(val_idx), spec,
+                              cache=snakemake.input.val_cache or None, cache_rows=val_idx,
+                              decode_on_device=bool(execution.get("decode_on_device", False)))
 model.to(device)
 trainable = sum(p.numel() for p in parameters)
 log.info(f"{name}: {backbone['name']} on {device}, {trainable:,} trainable of "
@@ -100,6 +105,8 @@ result = fit(
     log=log.info,
     resume_path=resume_path,
     fingerprint=fingerprint,
+    amp=bool(execution.get("amp", True)),
+    compile=bool(execution.get("compile", False)),
 )
 model.load_state_dict(result["state_dict"])
 meta = {

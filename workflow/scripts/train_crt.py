@@ -23,9 +23,11 @@ eval_batch = int(execution.get("eval_batch_size", 512))
 model, meta = load_model(snakemake.input.base)
 model.to(device)
 features, labels = {}, {}
-for split, path in (("train", snakemake.input.train), ("val", snakemake.input.val)):
+for split, path, cache in (("train", snakemake.input.train, snakemake.input.train_cache),
+                           ("val", snakemake.input.val, snakemake.input.val_cache)):
     image_list = read_list(path)
-    source = ImageSource.open(snakemake.params.root, image_list, spec)
+    source = ImageSource.open(snakemake.params.root, image_list, spec, cache=cache or None,
+                              decode_on_device=bool(execution.get("decode_on_device", False)))
     positions = np.arange(len(image_list))
     batches = source.batches(positions, image_list.labels, eval_batch, train=False, device=device)
     features[split] = extract_features(model, batches, len(image_list))
@@ -44,6 +46,7 @@ result = fit(
     name="crt",
     metrics_path=snakemake.output.metrics,
     log=log.info,
+    amp=bool(execution.get("amp", True)),
 )
 classifier.load_state_dict(result["state_dict"])
 model.classifier.load_state_dict(classifier.state_dict())
