@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Stop the daemons tests/slurm/start_slurm.sh started (by their pid files); munged is
+# left running, as other programs on the machine may use it.
+set -uo pipefail
+STATE_DIR=${1:-/tmp/balanced-experts-slurm}
+for daemon in slurmd slurmctld; do
+    pidfile=$STATE_DIR/$daemon.pid
+    [ -s "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+done
