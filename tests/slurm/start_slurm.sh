@@ -7,7 +7,8 @@
 #   ...
 #   tests/slurm/stop_slurm.sh [STATE_DIR]
 #
-# Nothing under /etc is changed: the config, state, logs and pid files live in STATE_DIR.
+# The config, state, logs and pid files live in STATE_DIR; /etc/slurm/slurm.conf links to
+# the config (see below).
 # Choices that let it run in a container without systemd or cgroups:
 #   - proctrack/linuxproc and task/none instead of the cgroup plugins;
 #   - no slurmdbd: accounting_storage/none, and every finished job is appended by
@@ -77,6 +78,18 @@ cat > "$STATE_DIR/gres.conf" <<CONF
 AutoDetect=off
 NodeName=$HOST Name=gpu File=$STATE_DIR/gpu[0-3]
 CONF
+
+# The Slurm executor's job step removes every SLURM_* variable, SLURM_CONF included,
+# before it calls srun inside the job, so srun reads the default /etc/slurm/slurm.conf:
+# it is linked to this cluster's config (and unlinked by stop_slurm.sh). A real
+# slurm.conf found there is left alone, and this script stops.
+DEFAULT_CONF=/etc/slurm/slurm.conf
+if [ -e "$DEFAULT_CONF" ] && [ "$(readlink "$DEFAULT_CONF")" != "$STATE_DIR/slurm.conf" ]; then
+    echo "start_slurm.sh: $DEFAULT_CONF exists and is not this test cluster's; not starting" >&2
+    exit 1
+fi
+mkdir -p /etc/slurm
+ln -sfn "$STATE_DIR/slurm.conf" "$DEFAULT_CONF"
 
 export SLURM_CONF=$STATE_DIR/slurm.conf
 slurmctld -f "$SLURM_CONF"
