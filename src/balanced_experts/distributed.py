@@ -46,6 +46,12 @@ def join_process_group(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def leave_process_group() -> None:
+    """Leave the process group, if this process joined one (after training, before exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_and_world_size() -> tuple[int, int]:
     """``(rank, world size)`` of the initialised process group, ``(0, 1)`` without one."""
     if dist.is_available() and dist.is_initialized():

@@ -5,14 +5,14 @@ the stage starts itself again under torchrun and trains with DistributedDataPara
 rank 0 writes the log, metrics, epoch checkpoint and weights.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-import logging
-
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
-from balanced_experts.distributed import epoch_shard, join_process_group, relaunch_under_torchrun, under_torchrun
+from balanced_experts.distributed import (epoch_shard, join_process_group, leave_process_group,
+                                          relaunch_under_torchrun, under_torchrun)
 from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
@@ -138,6 +138,7 @@ result = fit(
     resume_path=resume_path,
     fingerprint=fingerprint,
 )
+leave_process_group()
 if rank != 0:
     raise SystemExit(0)
 model.load_state_dict(result["state_dict"])
