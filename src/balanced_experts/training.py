@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from .distributed import rank_and_world_size
 from .models import train_mode
 from .runtime import autocast
 
@@ -140,6 +142,16 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds}s"
 
 
+def _silent(message: str) -> None:
+    """The log of ranks other than 0: rank 0 speaks for the job."""
+
+
+def _stop_flag_from_rank_0(stopped: bool, device: torch.device) -> bool:
+    flag = torch.tensor([int(stopped)], device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def fit(
     model: nn.Module,
     parameters: list[nn.Parameter],
@@ -168,8 +180,18 @@ def fit(
 
     ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
     through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
+
+    Under an initialised process group (several processes, see
+    :mod:`balanced_experts.distributed`), ``train_batches`` yields this rank's shard;
+    gradients are averaged by DistributedDataParallel; the training loss and accuracy
+    are summed over ranks; rank 0 alone validates, logs, writes the metrics and the
+    epoch checkpoint, and tells the others when to stop. Every rank reads the epoch
+    checkpoint to resume. The returned state dict is None on the other ranks.
     """
-    forward = torch.compile(model) if compile else model
+    rank, world_size = rank_and_world_size()
+    is_main = rank == 0
+    if not is_main:
+        log = _silent
     optimizer = torch.optim.SGD(
         parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
@@ -196,10 +218,21 @@ def fit(
 
     # Rewritten from the kept rows, so a resumed run never repeats an epoch's row.
     metrics_path = Path(metrics_path)
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-    with metrics_path.open("w", newline="") as handle:
-        csv.writer(handle).writerows([fields] + rows)
+    if is_main:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with metrics_path.open("w", newline="") as handle:
+            csv.writer(handle).writerows([fields] + rows)
+
+    # After resuming: DDP starts every rank from rank 0's weights and buffers.
+    device = next(model.parameters()).device
+    # torch.compile wraps the plain model: it serves validation, and training when there is
+    # one process; under several, training goes through the DDP wrapper (gradient averaging).
+    forward = torch.compile(model) if compile else model
+    network = forward
+    if world_size > 1:
+        network = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
 
     epoch = first_epoch - 1
     last_epoch = epoch if stopped else settings.epochs  # a resumed run may have stopped early
@@ -211,7 +244,7 @@ def fit(
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in train_batches(generator):
             with autocast(x.device, amp):
-                logits = forward(x)
+                logits = network(x)
                 loss = criterion(logits.float(), y)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(
@@ -224,7 +257,17 @@ def fit(
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
+        if world_size > 1:
+            totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            loss_sum, correct, count = totals.tolist()
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+        if not is_main:
+            # Rank 0 decides (its validation, its BatchNorm statistics); the others follow.
+            stopped = _stop_flag_from_rank_0(False, device)
+            if stopped:
+                break
+            continue
         val_loss, val_acc = evaluate(model, val_batches(), amp, forward)
         seconds = time.perf_counter() - epoch_start
 
@@ -255,6 +298,8 @@ def fit(
                 "torch_rng": torch.get_rng_state(), "best_acc": best_acc,
                 "best_epoch": best_epoch, "best_state": best_state, "rows": rows,
             }, resume_path)
+        if world_size > 1:
+            _stop_flag_from_rank_0(stopped, device)
         if stopped:
             break
 

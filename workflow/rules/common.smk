@@ -1,4 +1,5 @@
 import functools
+import glob
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,24 @@ EXPERTS = ["many", "medium", "few"]
 MODELS = ["base"] + EXPERTS + ["crt"]
 DATA_SPLITS = ["train", "val", "test"]
 EXECUTION = config.get("execution", {})
+
+
+def gpus_per_job():
+    """The `gpu` resource of the training and logits jobs when no profile sets it: 1 when
+    a job may use CUDA, 0 when it runs on the CPU.
+
+    The default profile caps the `gpu` resource at 1, so that two jobs never share this
+    machine's GPU; jobs that ask for 0 are not held back by that cap, so a CPU-only run
+    still trains the experts side by side. "May use CUDA": `execution.device` is cuda, or
+    it is auto and this machine has an NVIDIA device (a file check; importing torch here
+    would slow every parse). A cluster profile sets the resource per rule instead.
+    """
+    device = str(EXECUTION.get("device", "auto"))
+    if device.startswith("cuda"):
+        return 1
+    if device == "auto" and glob.glob("/dev/nvidia[0-9]*"):
+        return 1
+    return 0
 
 
 wildcard_constraints:

@@ -18,6 +18,6 @@ rule logits:
         "results/{dataset}/benchmarks/logits_{model}_{split}.tsv"
     threads: EXECUTION.get("logits_threads", 1)
     resources:
-        gpu=1,
+        gpu=gpus_per_job(),
     script:
         "../scripts/logits.py"

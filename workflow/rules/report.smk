@@ -22,7 +22,7 @@ rule train_crt:
         "results/{dataset}/benchmarks/train_crt.tsv"
     threads: EXECUTION.get("expert_threads", 1)
     resources:
-        gpu=1,
+        gpu=gpus_per_job(),
     script:
         "../scripts/train_crt.py"
 

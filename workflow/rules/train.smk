@@ -27,7 +27,7 @@ rule train_base:
         "results/{dataset}/benchmarks/train_base.tsv"
     threads: EXECUTION.get("train_threads", 2)
     resources:
-        gpu=1,
+        gpu=gpus_per_job(),
     script:
         "../scripts/train.py"
 
@@ -57,6 +57,6 @@ rule train_expert:
         "results/{dataset}/benchmarks/train_{expert}.tsv"
     threads: EXECUTION.get("expert_threads", 1)
     resources:
-        gpu=1,
+        gpu=gpus_per_job(),
     script:
         "../scripts/train.py"

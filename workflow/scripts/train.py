@@ -1,10 +1,18 @@
-"""Stage: train the base model, or one expert initialised from it (one loop for both)."""
+"""Stage: train the base model, or one expert initialised from it (one loop for both).
 
+With more than one process (resource `nproc`, by default the job's `gpu` count on CUDA),
+the stage starts itself again under torchrun and trains with DistributedDataParallel;
+rank 0 writes the log, metrics, epoch checkpoint and weights.
+"""
+
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.distributed import (epoch_shard, join_process_group, leave_process_group,
+                                          relaunch_under_torchrun, under_torchrun)
 from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
@@ -14,14 +22,24 @@ from balanced_experts.splits import read_class_table, split_class_ids
 from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, run_fingerprint
 
 name = snakemake.wildcards.get("expert", "base")
-log = get_logger(f"train_{name}", snakemake.log[0])
-exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
+processes = int(snakemake.resources.get("nproc", 0)) or (
+    int(snakemake.resources.get("gpu", 0)) if device.type == "cuda" else 1)
+if processes > 1 and not under_torchrun():
+    raise SystemExit(relaunch_under_torchrun(processes))
+rank, world_size = 0, 1
+if under_torchrun():
+    rank, world_size, device = join_process_group(device)
+log = get_logger(f"train_{name}", snakemake.log[0] if rank == 0 else None)
+if rank != 0:
+    log.setLevel(logging.WARNING)  # rank 0 speaks for the job
+exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
 train_cfg = dict(snakemake.params.train)
 settings = TrainSettings.from_config(train_cfg)
-setup_torch(snakemake.threads, settings.seed, device)
-spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
+threads = max(1, snakemake.threads // world_size)  # the job's CPUs, shared by its processes
+setup_torch(threads, settings.seed, device)
+spec = InputSpec.from_config(snakemake.params.input, default_workers=threads)
 
 train_list = read_list(snakemake.input.train)
 val_list = read_list(snakemake.input.val)
@@ -87,6 +105,26 @@ log.info(f"{name}: {backbone['name']} on {device}, {trainable:,} trainable of "
          f"{len(train_source)} train / {len(val_source)} val images, {settings}")
 
 eval_batch = int(execution.get("eval_batch_size", 512))
+if world_size > 1:
+    # The configured batch size stays the global one (same lr, same steps per epoch):
+    # each rank takes its share of it from its shard of the epoch.
+    rank_batch_size = -(-settings.batch_size // world_size)
+    shard_length = -(-len(train_source) // world_size)
+
+    def train_batches(generator):
+        positions, rank_generator = epoch_shard(len(train_source), generator, rank, world_size)
+        return train_source.batches(positions, np.asarray(train_targets)[positions.numpy()],
+                                    rank_batch_size, True, device, rank_generator)
+
+    steps_per_epoch = -(-shard_length // rank_batch_size)
+    log.info(f"{name}: {world_size} processes (DistributedDataParallel), {rank_batch_size} images "
+             f"per process and step")
+else:
+    def train_batches(generator):
+        return train_source.batches(np.arange(len(train_source)), train_targets, settings.batch_size,
+                                    True, device, generator)
+
+    steps_per_epoch = -(-len(train_source) // settings.batch_size)
 # The epoch checkpoint lies beside the outputs but is not one, so Snakemake keeps it when
 # the job dies; it is resumed only by a run of the same params, inputs and code.
 resume_path = Path(snakemake.output.weights).with_name("resume.pt")
@@ -94,11 +132,10 @@ fingerprint = run_fingerprint({"model": name, **dict(snakemake.params.items())},
 result = fit(
     model,
     parameters,
-    train_batches=lambda generator: train_source.batches(
-        np.arange(len(train_source)), train_targets, settings.batch_size, True, device, generator),
+    train_batches=train_batches,
     val_batches=lambda: val_source.batches(
         np.arange(len(val_source)), val_targets, eval_batch, False, device),
-    steps_per_epoch=-(-len(train_source) // settings.batch_size),
+    steps_per_epoch=steps_per_epoch,
     settings=settings,
     name=name,
     metrics_path=snakemake.output.metrics,
@@ -108,6 +145,9 @@ result = fit(
     amp=bool(execution.get("amp", True)),
     compile=bool(execution.get("compile", False)),
 )
+leave_process_group()
+if rank != 0:
+    raise SystemExit(0)
 model.load_state_dict(result["state_dict"])
 meta = {
     "model": name,

@@ -1,0 +1,77 @@
+"""Data-parallel training inside one job: one process per GPU, or CPU processes with gloo.
+
+A training stage that is given more than one process starts itself again under
+``torch.distributed.run`` (torchrun) on this node; each copy then joins the process
+group, trains on its shard of every epoch, and only rank 0 writes outputs. The training
+loop (:func:`balanced_experts.training.fit`) wraps the model in DistributedDataParallel
+when a process group is initialised, and is unchanged otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def under_torchrun() -> bool:
+    """This process is one of the workers torchrun started."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def relaunch_under_torchrun(processes: int) -> int:
+    """Run this very program again as ``processes`` torchrun workers on this node.
+
+    The workers get the same program file and arguments (for a Snakemake ``script:``
+    stage, the script file Snakemake wrote, job object included). Returns torchrun's exit
+    status, which is non-zero when any worker failed.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", sys.argv[0], *sys.argv[1:]]
+    return subprocess.call(command)
+
+
+def join_process_group(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join torchrun's process group; returns ``(rank, world_size, device)``.
+
+    NCCL on CUDA, each worker on the GPU of its local rank; gloo on the CPU.
+    """
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def leave_process_group() -> None:
+    """Leave the process group, if this process joined one (after training, before exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def epoch_shard(num_items: int, generator: torch.Generator, rank: int, world_size: int
+                ) -> tuple[torch.Tensor, torch.Generator]:
+    """This rank's item positions for one epoch, and a generator for its augmentation.
+
+    Every rank draws the same permutation from ``generator`` (same seed, same draws, so
+    the shared generator stays in step across ranks and in the epoch checkpoint), pads it
+    with its first items to a multiple of ``world_size`` and takes every
+    ``world_size``-th item from ``rank`` on: the ranks' shards are disjoint and equally
+    long, as with torch's DistributedSampler. The augmentation generator is seeded from
+    the shared one plus the rank, so ranks crop and flip independently.
+    """
+    order = torch.randperm(num_items, generator=generator)
+    padded_length = -(-num_items // world_size) * world_size
+    order = torch.cat([order, order[: padded_length - num_items]])
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return order[rank::world_size], torch.Generator().manual_seed(seed + rank)
