@@ -149,15 +149,19 @@ def test_missing_test_image_names_file_and_line(lists_copy):
 
 def test_corrupt_training_image_names_file_and_line(lists_copy):
     workdir, data = lists_copy
-    rel = "images/train/006/00001.png"  # a few-shot class: the line is found through the expert's subset
+    rel = "images/train/006/00001.png"
     (data / rel).write_bytes(b"not a png")
+    # Preloaded datasets read a decoded snapshot of the images (results/<dataset>/cache/);
+    # the job that (re)builds it is the one that meets the corrupt file.
+    (workdir / "results/tiny/cache/train.npy").unlink()
     result = snakemake(workdir, "--cores", "1", "results/tiny/models/few/weights.pt", check=False)
     assert result.returncode != 0
     line = _line_of(data / "train.txt", rel)
     message = f"error: cannot read image {data / rel} ({data / 'train.txt'}, line {line}): cannot identify image file"
     assert message in error_lines(result)
-    assert message in (workdir / "results/tiny/logs/train_few.log").read_text()
+    assert message in (workdir / "results/tiny/logs/image_cache_train.log").read_text()
     assert "Traceback" not in result.stderr
+    assert not list((workdir / "results/tiny/cache").glob("*.tmp*"))
 
 
 def test_label_out_of_range_names_the_line(lists_copy):

@@ -122,8 +122,13 @@ def write_image_cache(root: str | Path, image_list: ImageList, size: int, path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_list), 3, size, size))
-    decode_all(Path(root), image_list, size, out)
-    out.flush()
+    try:
+        decode_all(Path(root), image_list, size, out)
+        out.flush()
+    except BaseException:
+        del out
+        tmp.unlink(missing_ok=True)  # an unreadable image must not leave a half-written cache
+        raise
     del out
     tmp.replace(path)
 
