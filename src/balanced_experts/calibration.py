@@ -36,12 +36,6 @@ def reject_prior_shift(open_ratio: float) -> float:
     return math.log((1.0 + open_ratio) / 2.0)
 
 
-def prior_corrected(expert: ExpertOutputs) -> torch.Tensor:
-    z = expert.logits.clone()
-    z[:, -1] += reject_prior_shift(expert.open_ratio)
-    return z
-
-
 class JointCalibration(nn.Module):
     """Per-output scale and bias for every expert; ``forward`` gives log-probabilities over all classes."""
 
@@ -52,35 +46,43 @@ class JointCalibration(nn.Module):
         self.scales = nn.ParameterList([nn.Parameter(torch.ones(k + 1)) for k in expert_sizes])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros(k + 1)) for k in expert_sizes])
 
-    def _joined(self, experts: list[ExpertOutputs]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every expert's class log-probabilities side by side (N x sum k_e, reject dropped),
-        and for each global class its column there (``sum k_e`` for a class no expert covers).
-
-        The experts' class sets are disjoint, so the renormaliser is the logsumexp of these
-        columns: no N x C scatter is needed, which at ImageNet-LT size is most of the cost.
-        """
-        log_ps = []
-        for expert, scale, bias in zip(experts, self.scales, self.biases):
-            z = prior_corrected(expert) if self.prior_correction else expert.logits
-            log_ps.append(torch.log_softmax(z * scale + bias, dim=1)[:, :-1])
-        joined = torch.cat(log_ps, dim=1)
-        owned = torch.cat([e.class_ids for e in experts]).to(joined.device)
-        column = torch.full((self.num_classes,), joined.shape[1], dtype=torch.long, device=joined.device)
-        column[owned] = torch.arange(len(owned), device=joined.device)
-        return joined, column
+    def _calibrated(self, expert: ExpertOutputs, scale, bias) -> torch.Tensor:
+        """``scale * z + bias`` with the reject prior correction folded in as ``scale * shift``
+        on the reject column (one column's work instead of a copy of the logits)."""
+        z = expert.logits * scale + bias
+        if self.prior_correction:
+            z[:, -1] += reject_prior_shift(expert.open_ratio) * scale[-1]
+        return z
 
     def forward(self, experts: list[ExpertOutputs]) -> torch.Tensor:
-        joined, column = self._joined(experts)
-        # Classes no expert covers read a -inf column: probability zero.
-        padded = torch.cat([joined, joined.new_full((len(joined), 1), float("-inf"))], dim=1)
-        return padded[:, column] - torch.logsumexp(joined, dim=1, keepdim=True)
+        n = experts[0].logits.shape[0]
+        # Classes no expert covers get probability zero (log -inf).
+        log_full = experts[0].logits.new_full((n, self.num_classes), float("-inf"))
+        for expert, scale, bias in zip(experts, self.scales, self.biases):
+            log_p = torch.log_softmax(self._calibrated(expert, scale, bias), dim=1)[:, :-1]
+            log_full = log_full.index_copy(1, expert.class_ids, log_p)
+        return log_full - torch.logsumexp(log_full, dim=1, keepdim=True)
 
     def nll(self, experts: list[ExpertOutputs], labels: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of ``labels``: ``nll_loss(forward(experts), labels)``
-        without building the N x C log-probabilities (labels must be covered by an expert)."""
-        joined, column = self._joined(experts)
-        picked = joined.gather(1, column[labels][:, None]).squeeze(1)
-        return (torch.logsumexp(joined, dim=1) - picked).mean()
+        """Mean negative log-likelihood of ``labels``, as ``nll_loss(forward(experts), labels)``
+        but without the N x C log-probabilities, which at ImageNet-LT size cost most of a fit.
+
+        The experts' class sets are disjoint, so with ``lse_e`` the logsumexp of expert e's
+        calibrated outputs, ``log m_e = logsumexp(its class outputs) - lse_e`` is the mass it
+        gives its classes, the renormaliser is ``logsumexp_e(log m_e)``, and a label owned by
+        expert e has ``log p = z_e[label] - lse_e - logsumexp_e(log m_e)``.
+        """
+        log_mass = []
+        picked = torch.zeros(len(labels), dtype=experts[0].logits.dtype, device=labels.device)
+        for expert, scale, bias in zip(experts, self.scales, self.biases):
+            z = self._calibrated(expert, scale, bias)
+            lse = torch.logsumexp(z, dim=1)
+            log_mass.append(torch.logsumexp(z[:, :-1], dim=1) - lse)
+            column = torch.searchsorted(expert.class_ids, labels).clamp(max=len(expert.class_ids) - 1)
+            owned = expert.class_ids[column] == labels
+            value = z.gather(1, column[:, None]).squeeze(1) - lse
+            picked = picked + torch.where(owned, value, torch.zeros_like(value))
+        return (torch.logsumexp(torch.stack(log_mass, dim=1), dim=1) - picked).mean()
 
 
 def fuse(experts: list[ExpertOutputs], num_classes: int, prior_correction: bool = False) -> torch.Tensor:
@@ -98,30 +100,45 @@ def fit_calibration(
     weight_decay: float = 0.0,
     prior_correction: bool = True,
     log=print,
+    block_rows: int = 2048,
+    tolerance: float = 1e-5,
 ) -> tuple[JointCalibration, dict]:
-    """Full-batch L-BFGS on the NLL of ``labels``; ``weight_decay`` pulls towards identity."""
+    """Full-batch L-BFGS on the NLL of ``labels``; ``weight_decay`` pulls towards identity.
+
+    Stops when an iteration improves the NLL by less than ``tolerance`` (absolute), or
+    after ``max_iter`` iterations.
+    """
     model = JointCalibration([len(e.class_ids) for e in experts], num_classes, prior_correction)
     model.to(labels.device)
     optimizer = torch.optim.LBFGS(
         model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-        line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10,
+        line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=tolerance,
     )
 
-    def objective() -> torch.Tensor:
-        nll = model.nll(experts, labels)
-        if weight_decay:
-            penalty = sum(((s - 1) ** 2).sum() for s in model.scales) + sum((b**2).sum() for b in model.biases)
-            nll = nll + weight_decay * penalty
-        return nll
-
-    with torch.no_grad():
-        start_nll = model.nll(experts, labels).item()
+    # The NLL and its gradient are accumulated over blocks of rows: a block's intermediate
+    # tensors stay in the CPU cache, which halves the time of an evaluation at ImageNet-LT size.
+    blocks = [
+        ([ExpertOutputs(e.logits[start:start + block_rows], e.class_ids, e.open_ratio) for e in experts],
+         labels[start:start + block_rows])
+        for start in range(0, len(labels), block_rows)
+    ]
 
     def closure():
         optimizer.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
+        total = 0.0
+        for block_experts, block_labels in blocks:
+            loss = model.nll(block_experts, block_labels) * (len(block_labels) / len(labels))
+            loss.backward()
+            total += loss.item()
+        if weight_decay:
+            penalty = weight_decay * (sum(((s - 1) ** 2).sum() for s in model.scales)
+                                      + sum((b**2).sum() for b in model.biases))
+            penalty.backward()
+            total += penalty.item()
+        return torch.tensor(total)
+
+    with torch.no_grad():
+        start_nll = model.nll(experts, labels).item()
 
     optimizer.step(closure)
     with torch.no_grad():
