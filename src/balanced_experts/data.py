@@ -273,7 +273,7 @@ class ImageSource:
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         s = self.spec
         for items in loader:
-            encoded = [data for data, _ in items]
+            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _ in items]
             y = torch.tensor([target for _, target in items])
             images = decode_images(encoded, device)
             crops = []
@@ -314,8 +314,10 @@ class _EncodedDataset(Dataset):
         index = int(self.indices[i])
         path = self.root / self.image_list.paths[index]
         try:
-            data = torchvision.io.read_file(str(path))
-        except (OSError, RuntimeError) as error:
+            # Plain bytes, not a tensor: a tensor would cross to the main process as a
+            # shared-memory file descriptor per image, and hundreds in flight exhaust them.
+            data = path.read_bytes()
+        except OSError as error:
             raise ImageFileError(f"cannot read image {path} ({self.image_list.source}, line "
                                  f"{self.image_list.line_of(index)}): {error}") from error
         return data, int(self.targets[i])
