@@ -101,7 +101,7 @@ def fit_calibration(
     prior_correction: bool = True,
     log=print,
     block_rows: int = 2048,
-    tolerance: float = 1e-5,
+    tolerance: float = 1e-4,
 ) -> tuple[JointCalibration, dict]:
     """Full-batch L-BFGS on the NLL of ``labels``; ``weight_decay`` pulls towards identity.
 

@@ -25,7 +25,7 @@ model, summary = fit_calibration(
     experts, labels, num_classes,
     max_iter=int(cfg.get("max_iter", 200)),
     weight_decay=float(cfg.get("weight_decay", 0.0)),
-    tolerance=float(cfg.get("tolerance", 1e-5)),
+    tolerance=float(cfg.get("tolerance", 1e-4)),
     prior_correction=bool(cfg.get("prior_correction", True)),
     log=log.info,
 )
