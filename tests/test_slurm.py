@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slurm
 
 # Jobs of the whole DAG on one synthetic dataset: data, classes, base, 3 experts, cRT,
 # 5 models x 3 splits of logits, calibration, report.
-JOBS = {"synthetic_data": 1, "classes": 1, "train_base": 1, "train_expert": 3, "train_crt": 1,
-        "logits": 15, "calibrate": 1, "report": 1}
+JOBS = {"synthetic_data": 1, "image_cache": 3, "classes": 1, "train_base": 1, "train_expert": 3,
+        "train_crt": 1, "logits": 15, "calibrate": 1, "report": 1}
 
 
 def _missing_requirements() -> str | None:
