@@ -103,15 +103,17 @@ def check_aligned(tables: dict[str, LogitsTable]) -> None:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches, num_samples: int, num_outputs: int, amp: bool = False,
-            compile: bool = False) -> np.ndarray:
-    """Logits of every sample, in batch order, written into one preallocated array.
+            compile: bool = False, features: bool = False) -> np.ndarray:
+    """Logits of every sample, in batch order, written into one preallocated array
+    (``features``: the model's penultimate features instead, ``num_outputs`` wide).
 
     The logits stay on the device until the end (one preallocated device buffer, one copy
     back), so the device never waits for a per-batch host copy. ``amp``: bf16 autocast on
     CUDA; the stored logits are float32 either way.
     """
     model.eval()
-    forward = torch.compile(model) if compile else model
+    forward = model.features if features else model
+    forward = torch.compile(forward) if compile else forward
     out: torch.Tensor | None = None
     start = 0
     for x, _ in batches:

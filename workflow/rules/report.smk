@@ -6,7 +6,7 @@ rule train_crt:
         train_cache=image_cache("train"),
         val_cache=image_cache("val"),
         base="results/{dataset}/models/base/weights.pt",
-        code=code("train_crt", "crt", *TRAIN_MODULES),
+        code=code("train_crt", "crt", "logits", *TRAIN_MODULES),
     output:
         weights="results/{dataset}/models/crt/weights.pt",
         metrics="results/{dataset}/models/crt/metrics.csv",

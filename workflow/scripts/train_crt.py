@@ -2,11 +2,12 @@
 
 import numpy as np
 import torch
+from torch import nn
 
-from balanced_experts.crt import (balanced_feature_batches, extract_features, feature_batches,
-                                  fresh_classifier)
+from balanced_experts.crt import balanced_feature_batches, feature_batches
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.lists import ListFormatError, read_list
+from balanced_experts.logits import predict
 from balanced_experts.models import load_model, save_checkpoint
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.training import NonFiniteLoss, TrainSettings, fit
@@ -30,11 +31,12 @@ for split, path, cache in (("train", snakemake.input.train, snakemake.input.trai
                               decode_on_device=bool(execution.get("decode_on_device", False)))
     positions = np.arange(len(image_list))
     batches = source.batches(positions, image_list.labels, eval_batch, train=False, device=device)
-    features[split] = extract_features(model, batches, len(image_list))
+    features[split] = torch.from_numpy(
+        predict(model, batches, len(image_list), model.fc.out_features, features=True))
     labels[split] = torch.as_tensor(image_list.labels)
     log.info(f"features of {len(image_list)} {split} images: {tuple(features[split].shape)}")
 
-classifier = fresh_classifier(features["train"].shape[1], meta["num_classes"]).to(device)
+classifier = nn.Linear(features["train"].shape[1], meta["num_classes"]).to(device)
 result = fit(
     classifier,
     list(classifier.parameters()),
