@@ -63,26 +63,108 @@ class JointCalibration(nn.Module):
             log_full = log_full.index_copy(1, expert.class_ids, log_p)
         return log_full - torch.logsumexp(log_full, dim=1, keepdim=True)
 
-    def nll(self, experts: list[ExpertOutputs], labels: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of ``labels``, as ``nll_loss(forward(experts), labels)``
-        but without the N x C log-probabilities, which at ImageNet-LT size cost most of a fit.
 
-        The experts' class sets are disjoint, so with ``lse_e`` the logsumexp of expert e's
-        calibrated outputs, ``log m_e = logsumexp(its class outputs) - lse_e`` is the mass it
-        gives its classes, the renormaliser is ``logsumexp_e(log m_e)``, and a label owned by
-        expert e has ``log p = z_e[label] - lse_e - logsumexp_e(log m_e)``.
-        """
-        log_mass = []
-        picked = torch.zeros(len(labels), dtype=experts[0].logits.dtype, device=labels.device)
-        for expert, scale, bias in zip(experts, self.scales, self.biases):
-            z = self._calibrated(expert, scale, bias)
-            lse = torch.logsumexp(z, dim=1)
-            log_mass.append(torch.logsumexp(z[:, :-1], dim=1) - lse)
-            column = torch.searchsorted(expert.class_ids, labels).clamp(max=len(expert.class_ids) - 1)
-            owned = expert.class_ids[column] == labels
-            value = z.gather(1, column[:, None]).squeeze(1) - lse
-            picked = picked + torch.where(owned, value, torch.zeros_like(value))
-        return (torch.logsumexp(torch.stack(log_mass, dim=1), dim=1) - picked).mean()
+class CalibrationObjective:
+    """The mean validation NLL of a :class:`JointCalibration` and its exact gradient.
+
+    Equal to ``nll_loss(model(experts), labels)`` but computed without the N x C
+    log-probabilities and without autograd, which at ImageNet-LT size (20,000 x 1,003) would
+    cost most of a fit. Per row, with ``lse_e`` the logsumexp of expert e's calibrated
+    outputs ``z_e`` (reject included) and ``log m_e = logsumexp(z_e[classes]) - lse_e`` the
+    mass it gives its classes, the renormaliser is ``R = logsumexp_e(log m_e)`` (the class
+    sets are disjoint) and a label owned by expert e has ``log p = z_e[label] - lse_e - R``.
+    With ``w_e = m_e / sum(m)``, ``q_e`` the softmax over e's class outputs and ``o_e``
+    whether e owns the label, the gradient of ``-log p`` with respect to the class outputs
+    is ``q_e * (w_e (1 - m_e) + o_e m_e) - onehot(label)`` and with respect to the reject
+    output ``(o_e - w_e)(1 - m_e)``; the scale and bias gradients are its column sums
+    weighted by the logits and by one. Each evaluation reads each logit about eight times.
+
+    Rows are processed in blocks whose intermediate tensors stay in the CPU cache (blocks of
+    4,096 rows were the fastest at ImageNet-LT size on 2 cores, about 4x faster per evaluation than autograd).
+    """
+
+    def __init__(self, experts: list[ExpertOutputs], labels: torch.Tensor, prior_correction: bool,
+                 block_rows: int = 4096):
+        self.total = len(labels)
+        self.shifts = [reject_prior_shift(e.open_ratio) if prior_correction else 0.0 for e in experts]
+        # Everything that does not depend on the parameters is prepared once: per block and
+        # expert the class logits (contiguous), the reject logit, and where the label is.
+        self.blocks = []
+        for start in range(0, self.total, block_rows):
+            rows = slice(start, start + block_rows)
+            block_labels = labels[rows]
+            parts = []
+            for expert in experts:
+                logits = expert.logits[rows]
+                k = len(expert.class_ids)
+                column = torch.searchsorted(expert.class_ids, block_labels).clamp(max=k - 1)
+                owned = expert.class_ids[column] == block_labels
+                column = column[owned]
+                parts.append({
+                    "classes": logits[:, :k].contiguous(),
+                    "reject": logits[:, k].contiguous(),
+                    "owned": owned.to(logits.dtype),
+                    "label_rows": owned.nonzero().squeeze(1),
+                    "label_column": column,
+                    "label_logit": logits[owned, column],
+                })
+            self.blocks.append(parts)
+
+    @torch.no_grad()
+    def __call__(self, model: JointCalibration, weight_decay: float = 0.0, grad: bool = True) -> float:
+        """The mean NLL (plus the weight decay term); with ``grad``, the gradient is written
+        to the parameters' ``.grad``."""
+        scales, biases = list(model.scales), list(model.biases)
+        grad_scales = [torch.zeros_like(s) for s in scales]
+        grad_biases = [torch.zeros_like(b) for b in biases]
+        loss = scales[0].new_zeros(())  # a tensor until the end: no device sync per block
+        for parts in self.blocks:
+            exps, sums, log_masses, picked = [], [], [], 0.0
+            for part, scale, bias, shift in zip(parts, scales, biases, self.shifts):
+                k = len(scale) - 1
+                z = torch.addcmul(bias[:k], part["classes"], scale[:k])
+                top = z.amax(1)
+                exp = z.sub_(top[:, None]).exp_()  # exp(z - max over the class outputs)
+                log_sum = exp.sum(1).log()
+                # Reject output relative to the class logsumexp; log m = -softplus(that).
+                reject = part["reject"] * scale[k] + (bias[k] + shift * scale[k]) - top - log_sum
+                log_mass = -torch.nn.functional.softplus(reject)
+                label_z = part["label_logit"] * scale[:k][part["label_column"]] + bias[:k][part["label_column"]]
+                rows = part["label_rows"]
+                # log p(label) before renormalisation: z[label] - lse = z[label] - top - log_sum + log m
+                picked = picked + (label_z - top[rows] - log_sum[rows] + log_mass[rows]).sum()
+                exps.append(exp)
+                sums.append(log_sum)
+                log_masses.append(log_mass)
+            renorm = torch.logsumexp(torch.stack(log_masses), dim=0)
+            loss += renorm.sum() - picked
+            if not grad:
+                continue
+            for part, exp, log_sum, log_mass, grad_s, grad_b, shift in zip(
+                    parts, exps, sums, log_masses, grad_scales, grad_biases, self.shifts):
+                k = exp.shape[1]
+                mass = log_mass.exp()
+                share = (log_mass - renorm).exp()  # w_e
+                owned = part["owned"]
+                reject_grad = (owned - share) * (1 - mass)
+                coefficient = (share * (1 - mass) + owned * mass) * (-log_sum).exp()
+                grad_b[:k] += exp.T @ coefficient
+                grad_s[:k] += exp.mul_(part["classes"]).T @ coefficient
+                grad_b[:k].index_add_(0, part["label_column"], torch.ones_like(part["label_logit"]), alpha=-1)
+                grad_s[:k].index_add_(0, part["label_column"], part["label_logit"], alpha=-1)
+                grad_b[k] += reject_grad.sum()
+                grad_s[k] += reject_grad @ part["reject"] + shift * reject_grad.sum()
+        loss = loss / self.total
+        if weight_decay:
+            loss += weight_decay * sum(((s - 1) ** 2).sum() + (b**2).sum() for s, b in zip(scales, biases))
+        if grad:
+            for param, value, identity in [*zip(scales, grad_scales, [1.0] * len(scales)),
+                                           *zip(biases, grad_biases, [0.0] * len(biases))]:
+                value /= self.total
+                if weight_decay:
+                    value += 2 * weight_decay * (param - identity)
+                param.grad = value
+        return loss.item()
 
 
 def fuse(experts: list[ExpertOutputs], num_classes: int, prior_correction: bool = False) -> torch.Tensor:
@@ -100,8 +182,8 @@ def fit_calibration(
     weight_decay: float = 0.0,
     prior_correction: bool = True,
     log=print,
-    block_rows: int = 2048,
-    tolerance: float = 1e-4,
+    block_rows: int = 4096,
+    tolerance: float = 1e-5,
 ) -> tuple[JointCalibration, dict]:
     """Full-batch L-BFGS on the NLL of ``labels``; ``weight_decay`` pulls towards identity.
 
@@ -115,34 +197,14 @@ def fit_calibration(
         line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=tolerance,
     )
 
-    # The NLL and its gradient are accumulated over blocks of rows: a block's intermediate
-    # tensors stay in the CPU cache, which halves the time of an evaluation at ImageNet-LT size.
-    blocks = [
-        ([ExpertOutputs(e.logits[start:start + block_rows], e.class_ids, e.open_ratio) for e in experts],
-         labels[start:start + block_rows])
-        for start in range(0, len(labels), block_rows)
-    ]
+    objective = CalibrationObjective(experts, labels, prior_correction, block_rows)
 
     def closure():
-        optimizer.zero_grad()
-        total = 0.0
-        for block_experts, block_labels in blocks:
-            loss = model.nll(block_experts, block_labels) * (len(block_labels) / len(labels))
-            loss.backward()
-            total += loss.item()
-        if weight_decay:
-            penalty = weight_decay * (sum(((s - 1) ** 2).sum() for s in model.scales)
-                                      + sum((b**2).sum() for b in model.biases))
-            penalty.backward()
-            total += penalty.item()
-        return torch.tensor(total)
+        return torch.tensor(objective(model, weight_decay))
 
-    with torch.no_grad():
-        start_nll = model.nll(experts, labels).item()
-
+    start_nll = objective(model, grad=False)
     optimizer.step(closure)
-    with torch.no_grad():
-        end_nll = model.nll(experts, labels).item()
+    end_nll = objective(model, grad=False)
     evaluations = optimizer.state[optimizer._params[0]].get("func_evals", 0)
     log(f"calibration: val NLL {start_nll:.4f} -> {end_nll:.4f} in {evaluations} evaluations")
     return model, {"val_nll_before": start_nll, "val_nll_after": end_nll, "evaluations": evaluations}

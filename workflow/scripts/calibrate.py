@@ -21,14 +21,9 @@ labels = torch.from_numpy(tables[names[0]].labels)
 num_classes = tables[names[0]].num_classes
 log.info(f"fitting on {len(labels)} validation images, experts {names}, "
          f"open ratios {[e.open_ratio for e in experts]}")
-model, summary = fit_calibration(
-    experts, labels, num_classes,
-    max_iter=int(cfg.get("max_iter", 200)),
-    weight_decay=float(cfg.get("weight_decay", 0.0)),
-    tolerance=float(cfg.get("tolerance", 1e-4)),
-    prior_correction=bool(cfg.get("prior_correction", True)),
-    log=log.info,
-)
+# The config section's keys (schema-checked) are fit_calibration's keyword arguments;
+# what a dataset leaves out takes the library's default.
+model, summary = fit_calibration(experts, labels, num_classes, log=log.info, **cfg)
 with torch.no_grad():
     val_acc = (model(experts).argmax(1) == labels).float().mean().item() * 100
 summary["val_acc"] = val_acc
