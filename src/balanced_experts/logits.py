@@ -66,7 +66,11 @@ def write_logits(path: str | Path, table: LogitsTable) -> None:
     schema = pa.schema([pa.field(n, a.type) for n, a in zip(names, arrays)],
                        metadata={META_KEY: json.dumps(meta).encode()})
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp)
+    # Logits are distinct floats: dictionary encoding only grows them (119 instead of 81 MB
+    # at 20,000 x 1,003) and, with per-column min/max statistics nobody filters on, made
+    # writing 6x slower.
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp,
+                   use_dictionary=False, write_statistics=["sample_id", "label"])
     tmp.replace(path)
 
 
@@ -78,7 +82,10 @@ def read_logits(path: str | Path) -> LogitsTable:
     meta = json.loads(raw)
     output_class_ids = np.asarray(meta["output_class_ids"], dtype=np.int64)
     names = column_names(output_class_ids)
-    logits = np.stack([table.column(n).to_numpy() for n in names], axis=1).astype(np.float32, copy=False)
+    # Columns stacked as rows, then one transposing copy (torch's uses every thread): 1.5x
+    # faster than stacking them as columns of a row-major array.
+    by_column = np.stack([table.column(n).to_numpy() for n in names]).astype(np.float32, copy=False)
+    logits = torch.from_numpy(by_column).T.contiguous().numpy()
     return LogitsTable(
         logits=logits,
         labels=table.column("label").to_numpy().astype(np.int64),
