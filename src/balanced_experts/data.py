@@ -184,7 +184,9 @@ class ImageSource:
     # -- per-sample transforms for the file path -------------------------------------
     def _file_transform(self, train: bool):
         s = self.spec
-        tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(s.mean, s.std)]
+        # Workers hand over uint8 images (a quarter of the bytes through shared memory); the
+        # scaling to [0, 1] and the normalisation run batch-wise on the device (_normalize).
+        tail = [v2.PILToTensor()]
         if train and s.augment == "imagenet":
             head = [v2.RandomResizedCrop(s.size, antialias=True), v2.RandomHorizontalFlip(),
                     v2.ColorJitter(0.4, 0.4, 0.4)]
@@ -223,9 +225,17 @@ class ImageSource:
         else:
             yield from self._file_batches(indices, targets, batch_size, train, device, generator)
 
-    def _tensor_batches(self, indices, targets, batch_size, train, device, generator):
-        mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
+    def _normalize(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Images on ``device``, uint8 or float in [0, 1] -> ``(x - mean) / std`` as float,
+        channels-last. One float copy and one in-place multiply-add (the layout is changed
+        while the images are still uint8): a quarter of the memory traffic of four passes."""
+        unit = 255.0 if x.dtype == torch.uint8 else 1.0
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
+        x = x.contiguous(memory_format=torch.channels_last).float()
+        return x.mul_(1 / (unit * std)).sub_(mean / std)
+
+    def _tensor_batches(self, indices, targets, batch_size, train, device, generator):
         for start in range(0, len(indices), batch_size):
             idx = indices[start:start + batch_size]
             x = torch.from_numpy(np.asarray(self.pixels[idx.numpy()]))  # a copy, also from a memory map
@@ -234,8 +244,7 @@ class ImageSource:
             x = x.to(device, non_blocking=True)
             if train and self.spec.augment != "none":
                 x = _random_crop_flip(x, self.spec.pad, generator)
-            x = ((x.float().div_(255) - mean) / std).contiguous(memory_format=torch.channels_last)
-            yield x, targets[start:start + batch_size].to(device, non_blocking=True)
+            yield self._normalize(x, device), targets[start:start + batch_size].to(device, non_blocking=True)
 
     def _file_batches(self, indices, targets, batch_size, train, device, generator):
         dataset = _FileDataset(self.root, self.image_list, indices.numpy(), targets.numpy(),
@@ -253,8 +262,7 @@ class ImageSource:
             generator=torch.Generator().manual_seed(seed),
         )
         for x, y in loader:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            yield x, y.to(device, non_blocking=True)
+            yield self._normalize(x.to(device, non_blocking=True), device), y.to(device, non_blocking=True)
 
 
     def _device_decoded_batches(self, indices, targets, batch_size, train, device, generator):
@@ -269,8 +277,6 @@ class ImageSource:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.spec.workers,
                             collate_fn=_keep_list, pin_memory=False,
                             prefetch_factor=4 if self.spec.workers else None)
-        mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         s = self.spec
         for items in loader:
             encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _ in items]
@@ -296,8 +302,7 @@ class ImageSource:
                 x = _flip_and_jitter(x, generator)
             elif train and s.augment == "crop_flip":
                 x = _random_crop_flip(x, s.pad, generator)
-            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-            yield x, y.to(device, non_blocking=True)
+            yield self._normalize(x, device), y.to(device, non_blocking=True)
 
 
 class _EncodedDataset(Dataset):
