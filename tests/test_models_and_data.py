@@ -213,3 +213,18 @@ def test_image_cache_holds_the_decoded_pixels_memory_mapped(small_root, tmp_path
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="image cache"):
         read_image_cache(cache, image_list.subset(rows), 16)
+
+
+def test_cifar_block_is_torchvisions_basic_block():
+    """The CIFAR ResNet's own BasicBlock computes what torchvision's does with the same weights
+    (it exists so that small-image jobs skip the torchvision import)."""
+    from torchvision.models.resnet import BasicBlock as TorchvisionBlock
+
+    from balanced_experts.models import BasicBlock
+
+    downsample = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, stride=2, bias=False), torch.nn.BatchNorm2d(8))
+    ours, theirs = BasicBlock(4, 8, stride=2, downsample=downsample), TorchvisionBlock(4, 8, 2, downsample)
+    theirs.load_state_dict(ours.state_dict())  # the same parameter names
+    x = torch.randn(2, 4, 10, 10)
+    assert torch.allclose(ours.eval()(x), theirs.eval()(x))
+    assert torch.allclose(ours.train()(x), theirs.train()(x))

@@ -22,12 +22,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from .lists import ImageList
+
+# torchvision is imported where the file path needs it, not here: importing it costs
+# 1.5 s per job (it pulls in torch._dynamo), and the preloaded datasets never use it.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,6 +184,8 @@ class ImageSource:
 
     # -- per-sample transforms for the file path -------------------------------------
     def _file_transform(self, train: bool):
+        from torchvision.transforms import v2
+
         s = self.spec
         # Workers hand over uint8 images (a quarter of the bytes through shared memory); the
         # scaling to [0, 1] and the normalisation run batch-wise on the device (_normalize).
@@ -338,6 +341,8 @@ def decode_images(encoded: list[torch.Tensor], device: torch.device) -> list[tor
     JPEGs are decoded as one batch on ``device`` (nvJPEG on CUDA); anything else (PNG, ...)
     on the CPU and copied over.
     """
+    import torchvision
+
     is_jpeg = [len(data) > 2 and data[0] == 0xFF and data[1] == 0xD8 for data in encoded]
     images: list[torch.Tensor | None] = [None] * len(encoded)
     jpegs = [data for data, jpeg in zip(encoded, is_jpeg) if jpeg]
