@@ -26,6 +26,8 @@ except ConfigError as error:
 
 DATASETS = list(config["datasets"])
 EXPERTS = ["many", "medium", "few"]
+# Start order of the experts when they compete for cores (higher first); see rule train_expert.
+EXPERT_PRIORITY = {"many": 2, "medium": 1, "few": 0}
 # Every model whose logits are written: the base model, the experts, and the cRT baseline.
 MODELS = ["base"] + EXPERTS + ["crt"]
 DATA_SPLITS = ["train", "val", "test"]

@@ -58,5 +58,8 @@ rule train_expert:
     threads: EXECUTION.get("expert_threads", 1)
     resources:
         gpu=gpus_per_job(),
+    # The many-shot expert trains on the most images (most of a long-tailed train set):
+    # started first, it is not the last job to end while the other cores sit idle.
+    priority: lambda wildcards: EXPERT_PRIORITY[wildcards.expert]
     script:
         "../scripts/train.py"
