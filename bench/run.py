@@ -270,6 +270,7 @@ def bench_backbone(backbone: str, size: int, num_images: int, batch: int, device
     pipeline_train()
     train_s, _ = timed(pipeline_train, repeat=2)
     bare_s, _ = timed(bare_train, repeat=2)
+    TRAIN_RATES[backbone, size] = num_images / train_s
     row(f"train {backbone} @ {size}px, batch {batch}", num_images / train_s, "img/s",
         "bare PyTorch loop (bf16 on CUDA)", num_images / bare_s)
     pipeline_infer()
@@ -286,6 +287,61 @@ def bench_backbone(backbone: str, size: int, num_images: int, batch: int, device
         achieved = flops_per_image * num_images / train_s / 1e12
         row(f"model FLOP utilisation, train {backbone}", 100 * achieved / bench_backbone.peak_tflops, "%",
             f"peak {bench_backbone.peak_tflops:.0f} TFLOP/s; achieved TFLOP/s", achieved)
+
+
+TRAIN_RATES: dict[tuple[str, int], float] = {}
+
+
+def write_jpegs(root: Path, count: int, base: np.ndarray) -> Path:
+    """``count`` JPEGs of ``base`` (H x W x 3 uint8) with fresh noise each, and their list file."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    lines = []
+    for i in range(count):
+        noisy = np.clip(base.astype(np.int16) + generator.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(root / f"{i}.jpg", quality=90)
+        lines.append(f"{i}.jpg {i % 10}")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    return root / "list.txt"
+
+
+def bench_jpeg_training(backbone: str, count: int, batch: int, device, scratch: Path):
+    """Training fed by the real data path: JPEG files through the DataLoader, decoded on
+    ``device`` when it is CUDA (nvJPEG), else by PIL in the workers."""
+    import torch
+
+    from balanced_experts.data import ImageSource, InputSpec
+    from balanced_experts.lists import read_list
+    from balanced_experts.models import build_model
+    from balanced_experts.training import TrainSettings, fit
+
+    # A colour ramp the size of a typical ImageNet image (400 x 350).
+    base = (np.linspace(40, 215, 400)[None, :, None] * np.ones((350, 1, 3)) * [1.0, 0.8, 0.6]).astype(np.uint8)
+    list_file = write_jpegs(scratch / "jpeg_train", count, base)
+    image_list = read_list(list_file)
+    on_device = device.type == "cuda"
+    spec = InputSpec(size=224, resize=256, augment="imagenet", workers=bench_data_loading.workers)
+    source = ImageSource.open(list_file.parent, image_list, spec, decode_on_device=on_device)
+    model = build_model({"name": backbone, "embed_dim": 512}, 10).to(device)
+    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, scheduler="constant")
+    positions = np.arange(count)
+
+    def train():
+        fit(model, list(model.parameters()),
+            train_batches=lambda g: source.batches(positions, image_list.labels, batch, True, device, g),
+            val_batches=lambda: iter(()), steps_per_epoch=-(-count // batch), settings=settings,
+            name="bench", metrics_path=scratch / "metrics.csv", log=lambda _: None, amp=bench_backbone.amp)
+        if on_device:
+            torch.cuda.synchronize()
+
+    train()  # warm-up: workers, cudnn benchmark, page cache
+    seconds, _ = timed(train, repeat=2)
+    decoded = f"decoded on {device}" if on_device else "PIL in the workers"
+    reference = TRAIN_RATES.get((backbone, 224))
+    row(f"train {backbone} @ 224px from {count} 400x350 JPEGs ({decoded}, {spec.workers} workers)",
+        count / seconds, "img/s", "the same loop on ready uint8 tensors" if reference else "", reference)
 
 
 bench_backbone.amp, bench_backbone.compile, bench_backbone.peak_tflops = True, False, 0.0
@@ -327,18 +383,9 @@ def bench_data_loading(repo: Path, scratch: Path, device):
             "bare PIL decode loop", n / bare_s)
 
     # JPEGs the size of ImageNet's (~400x350), decoded and cropped to 224 px.
-    jpeg_root = scratch / "jpeg"
-    jpeg_root.mkdir(exist_ok=True)
-    count = 192
-    generator = np.random.default_rng(0)
+    jpeg_root, count = scratch / "jpeg", 192
     base = np.asarray(Image.open(root / image_list.paths[0]).convert("RGB").resize((400, 350)))
-    lines = []
-    for i in range(count):
-        noisy = np.clip(base.astype(np.int16) + generator.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(noisy).save(jpeg_root / f"{i}.jpg", quality=90)
-        lines.append(f"{i}.jpg {i % 10}")
-    (jpeg_root / "list.txt").write_text("\n".join(lines) + "\n")
-    jpeg_list = read_list(jpeg_root / "list.txt")
+    jpeg_list = read_list(write_jpegs(jpeg_root, count, base))
     workers = getattr(bench_data_loading, "workers", 2)
 
     def bare_jpeg():
@@ -381,6 +428,8 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="for the MFU line (H200 bf16: 989)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the JPEG loader rows")
     parser.add_argument("--compile", action="store_true", help="torch.compile in the pipeline loop")
+    parser.add_argument("--jpeg-train-images", type=int, default=0,
+                        help="also time training resnet10 fed by this many JPEG files (0: skip)")
     parser.add_argument("--shared-data", type=Path,
                         default=Path(os.environ.get("BALANCED_EXPERTS_SHARED_DATA", HERE.parent / "shared/data")))
     args = parser.parse_args()
@@ -419,6 +468,8 @@ def main():
                 batch = args.batch or (128 if small or device.type == "cuda" else 32)
                 bench_backbone(name, size, images, batch, device, scratch)
         bench_data_loading(repo, scratch, device)
+        if args.jpeg_train_images:
+            bench_jpeg_training("resnet10", args.jpeg_train_images, args.batch or 32, device, scratch)
 
     out = io.StringIO()
     out.write("| figure | value | compared against | reference | ratio |\n|---|---:|---|---:|---:|\n")
