@@ -17,7 +17,8 @@ from torch import nn
 class BasicBlock(nn.Module):
     """The two-3x3-conv residual block of torchvision's ResNet, with its attribute (and so
     state-dict) names. Defined here so that the CIFAR ResNets need no torchvision import,
-    which costs 1.5 s per job (it pulls in torch._dynamo): 35 s of the default pipeline."""
+    which costs 1.5 s per job (it pulls in torch._dynamo): about 35 s of job time in the
+    default pipeline."""
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
@@ -114,10 +115,6 @@ TORCHVISION_LAYOUTS = {
     "resnet101": ("Bottleneck", [3, 4, 23, 3]),
     "resnet152": ("Bottleneck", [3, 8, 36, 3]),
 }
-
-
-BACKBONES = ("resnet_cifar8", "resnet_cifar20", "resnet_cifar32", "resnet10", "resnet18",
-             "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 class LongTailNet(nn.Module):
