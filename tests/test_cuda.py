@@ -37,7 +37,7 @@ def test_nvjpeg_batches_match_the_cpu_decoder(tmp_path):
         on_gpu = list(source.batches(positions, image_list.labels, 5, train, CUDA, torch.Generator().manual_seed(3)))
         on_cpu = list(source.batches(positions, image_list.labels, 5, train, CPU, torch.Generator().manual_seed(3)))
         for (x, y), (x_cpu, y_cpu) in zip(on_gpu, on_cpu):
-            assert x.device.type == "cuda" and x.is_contiguous(memory_format=torch.channels_last)
+            assert x.device.type == CUDA.type and x.is_contiguous(memory_format=torch.channels_last)
             assert torch.equal(y.cpu(), y_cpu)  # the same order and, drawn on the CPU, the same crops
             assert (x.cpu() - x_cpu).abs().mean() < 0.05
 
