@@ -188,7 +188,7 @@ class ImageSource:
 
         s = self.spec
         # Workers hand over uint8 images (a quarter of the bytes through shared memory); the
-        # scaling to [0, 1] and the normalisation run batch-wise on the device (_normalize).
+        # scaling to [0, 1] and the normalisation run batch-wise on the device (_normalizer).
         tail = [v2.PILToTensor()]
         if train and s.augment == "imagenet":
             head = [v2.RandomResizedCrop(s.size, antialias=True), v2.RandomHorizontalFlip(),
@@ -228,17 +228,22 @@ class ImageSource:
         else:
             yield from self._file_batches(indices, targets, batch_size, train, device, generator)
 
-    def _normalize(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Images on ``device``, uint8 or float in [0, 1] -> ``(x - mean) / std`` as float,
-        channels-last. One float copy and one in-place multiply-add (the layout is changed
-        while the images are still uint8): a quarter of the memory traffic of four passes."""
-        unit = 255.0 if x.dtype == torch.uint8 else 1.0
+    def _normalizer(self, device: torch.device, unit: float):
+        """``x -> (x / unit - mean) / std`` as float, channels-last, for images on ``device``
+        (uint8 with ``unit`` 255, or float in [0, 1] with ``unit`` 1). One float copy and one
+        in-place multiply-add (the layout is changed while the images are still uint8): a
+        quarter of the memory traffic of four passes. Made once per pass over the data."""
         std = torch.tensor(self.spec.std, device=device).view(1, 3, 1, 1)
         mean = torch.tensor(self.spec.mean, device=device).view(1, 3, 1, 1)
-        x = x.contiguous(memory_format=torch.channels_last).float()
-        return x.mul_(1 / (unit * std)).sub_(mean / std)
+        scale, shift = 1 / (unit * std), mean / std
+
+        def normalize(x: torch.Tensor) -> torch.Tensor:
+            return x.contiguous(memory_format=torch.channels_last).float().mul_(scale).sub_(shift)
+
+        return normalize
 
     def _tensor_batches(self, indices, targets, batch_size, train, device, generator):
+        normalize = self._normalizer(device, 255.0)
         for start in range(0, len(indices), batch_size):
             idx = indices[start:start + batch_size]
             x = torch.from_numpy(np.asarray(self.pixels[idx.numpy()]))  # a copy, also from a memory map
@@ -247,7 +252,7 @@ class ImageSource:
             x = x.to(device, non_blocking=True)
             if train and self.spec.augment != "none":
                 x = _random_crop_flip(x, self.spec.pad, generator)
-            yield self._normalize(x, device), targets[start:start + batch_size].to(device, non_blocking=True)
+            yield normalize(x), targets[start:start + batch_size].to(device, non_blocking=True)
 
     def _file_batches(self, indices, targets, batch_size, train, device, generator):
         dataset = _FileDataset(self.root, self.image_list, indices.numpy(), targets.numpy(),
@@ -264,8 +269,9 @@ class ImageSource:
             worker_init_fn=None,
             generator=torch.Generator().manual_seed(seed),
         )
+        normalize = self._normalizer(device, 255.0)
         for x, y in loader:
-            yield self._normalize(x.to(device, non_blocking=True), device), y.to(device, non_blocking=True)
+            yield normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
 
     def _device_decoded_batches(self, indices, targets, batch_size, train, device, generator):
@@ -281,6 +287,7 @@ class ImageSource:
                             collate_fn=_keep_list, pin_memory=False,
                             prefetch_factor=4 if self.spec.workers else None)
         s = self.spec
+        normalize = self._normalizer(device, 1.0)  # the crops below are floats in [0, 1]
         for items in loader:
             encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _ in items]
             y = torch.tensor([target for _, target in items])
@@ -305,7 +312,7 @@ class ImageSource:
                 x = _flip_and_jitter(x, generator)
             elif train and s.augment == "crop_flip":
                 x = _random_crop_flip(x, s.pad, generator)
-            yield self._normalize(x, device), y.to(device, non_blocking=True)
+            yield normalize(x), y.to(device, non_blocking=True)
 
 
 class _EncodedDataset(Dataset):
