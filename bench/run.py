@@ -6,7 +6,8 @@
 
 Prints one markdown table: figure, value, what it is compared against, that value, and the
 ratio (value / reference). ``--repo`` measures another checkout's src/ and workflow (e.g. an
-unchanged copy, for before/after tables).
+unchanged copy, for before/after tables). Workflows are copied with the tests' helpers
+(tests/conftest.py), so the bench needs the test extra: ``pip install -e ".[test]"``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import csv
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +26,9 @@ import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "tests"))
+from conftest import copy_workflow, tiny_config  # noqa: E402  (the test suite's workflow copy and tiny dataset)
+
 ROWS: list[tuple[str, str, str, str, str]] = []
 
 
@@ -54,16 +57,6 @@ def snakemake_exe() -> str:
     return str(exe) if exe.exists() else "snakemake"
 
 
-def copy_workflow(repo: Path, dest: Path, config: dict) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(repo / "Snakefile", dest / "Snakefile")
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for folder in ("workflow", "src", "profiles"):
-        shutil.copytree(repo / folder, dest / folder, ignore=ignore)
-    (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
-
-
 def run_snakemake(workdir: Path, *args) -> float:
     start = time.perf_counter()
     result = subprocess.run([snakemake_exe(), *args], cwd=workdir, capture_output=True, text=True)
@@ -76,7 +69,7 @@ def run_snakemake(workdir: Path, *args) -> float:
 # -- workflow figures ----------------------------------------------------------------------
 def bench_pipeline(repo: Path, scratch: Path, cores: int) -> Path:
     config = yaml.safe_load((repo / "config.yaml").read_text())
-    workdir = copy_workflow(repo, scratch / "default", config)
+    workdir = copy_workflow(scratch / "default", config, repo=repo)
     wall = run_snakemake(workdir, "--cores", str(cores))
     stages = {}
     for tsv in sorted((workdir / "results/synthetic/benchmarks").glob("*.tsv")):
@@ -101,13 +94,6 @@ def bench_noop(workdir: Path, cores: int):
     row("no-op invocation (nothing to be done)", noop, "s", "`snakemake --version` (start-up)", bare)
 
 
-def tiny_config() -> dict:
-    sys.path.insert(0, str(HERE / "tests"))
-    from conftest import tiny_config as make  # the test suite's tiny dataset
-
-    return make()
-
-
 def bench_places_dry_run(repo: Path, scratch: Path, shared: Path):
     lists = shared / "places_lt"
     if not lists.is_dir():
@@ -123,7 +109,7 @@ def bench_places_dry_run(repo: Path, scratch: Path, shared: Path):
                                              for s in ("train", "val", "test")})
     places["backbone"]["pretrained"]["path"] = str(weights)
     config["default_datasets"] = ["places"]
-    workdir = copy_workflow(repo, scratch / "places", config)
+    workdir = copy_workflow(scratch / "places", config, repo=repo)
     dry = min(run_snakemake(workdir, "-n", "--cores", "16") for _ in range(2))
     sys.path.insert(0, str(repo / "src"))
     from balanced_experts.lists import read_list
@@ -450,7 +436,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         scratch = Path(tmp)
         if args.skip_pipeline:
-            workdir = copy_workflow(repo, scratch / "tiny", tiny_config())
+            workdir = copy_workflow(scratch / "tiny", tiny_config(), repo=repo)
             run_snakemake(workdir, "--cores", str(args.cores))
             print("  (no-op timed on the tiny test config: --skip-pipeline)", file=sys.stderr)
         else:

@@ -56,14 +56,14 @@ def tiny_config() -> dict:
     }
 
 
-def copy_workflow(dest: Path, config: dict | None = None) -> Path:
-    """Copy the workflow (Snakefile, workflow/, src/, profiles/) into ``dest`` with its own config.yaml."""
+def copy_workflow(dest: Path, config: dict | None = None, repo: Path = REPO) -> Path:
+    """Copy ``repo``'s workflow (Snakefile, workflow/, src/, profiles/) into ``dest`` with its
+    own config.yaml (the tiny one by default)."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    shutil.copy2(repo / "Snakefile", dest / "Snakefile")
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    shutil.copytree(REPO / "workflow", dest / "workflow", ignore=ignore)
-    shutil.copytree(REPO / "src", dest / "src", ignore=ignore)
-    shutil.copytree(REPO / "profiles", dest / "profiles", ignore=ignore)
+    for folder in ("workflow", "src", "profiles"):
+        shutil.copytree(repo / folder, dest / folder, ignore=ignore)
     write_config(dest, config if config is not None else tiny_config())
     return dest
 
