@@ -5,13 +5,17 @@ No line of this file needs a GPU; tests/test_cuda.py compares the real CUDA path
 """
 
 import io
+import re
 
 import numpy as np
 import pytest
 import torch
 import torchvision.io
+import yaml
 from PIL import Image
 from torch import nn
+
+from conftest import REPO
 
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec, decode_images
 from balanced_experts.distributed import sync_batchnorm_layers
@@ -227,3 +231,15 @@ def test_cuda_n_is_checked_and_becomes_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="'cuda:0' was asked for, but torch sees no CUDA device"):
         resolve_device("cuda:0")
+
+
+# -- 7. the Slurm profile's multi-GPU example ----------------------------------------------
+
+def test_the_slurm_multi_gpu_example_asks_for_one_node_and_one_task():
+    """The example in profiles/slurm (a comment there) and in the README: torchrun runs on
+    one node, and the stage starts its processes itself, so one Slurm task."""
+    profile = (REPO / "profiles/slurm/config.yaml").read_text()
+    example = re.search(r"^#\s+(train_base: \{gpu: 4\b.*\})$", profile, re.M).group(1)
+    assert f"  {example}\n" in (REPO / "README.md").read_text()
+    resources = yaml.safe_load(example)["train_base"]
+    assert resources["nodes"] == 1 and resources["tasks_per_gpu"] == 0
