@@ -27,15 +27,16 @@ PY=${1:-python}
 if [[ $PY == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; else PY=$(command -v "$PY"); fi
 export BALANCED_EXPERTS_SHARED_DATA=${BALANCED_EXPERTS_SHARED_DATA:-$PWD/../shared/data}
 
-# What step 2 reads from the pipeline's results (the tiny dataset is called "tiny").
-TRAIN_LOG=results/tiny/logs/train_base.log
+# Step 2's target and what it shows of the pipeline's results (the dataset is called "tiny").
 REPORT=results/tiny/report.csv
+TRAIN_LOG=results/tiny/logs/train_base.log
 
 # Time limits in seconds: device check, tests, JPEG dataset, pipeline, throughput benches.
 T_CHECK=20 T_TESTS=80 T_DATA=20 T_PIPELINE=220 T_BENCH=140
 (( T_CHECK + T_TESTS + T_DATA + T_PIPELINE + T_BENCH <= 480 )) || { echo "time limits exceed 8 minutes" >&2; exit 1; }
 
-started=$SECONDS
+started=$SECONDS step=$SECONDS
+took() { echo "   (step: $((SECONDS - step)) s of its limit $1 s)"; step=$SECONDS; }
 if $cpu; then
     device=cpu cores=2
     export BALANCED_EXPERTS_GPU_STAND_IN=cpu
@@ -48,13 +49,15 @@ else
     bench_sizes=(--cores 16 --backbones resnet10:224,resnet_cifar32:32 --train-images 20480 --batch 256
                  --peak-tflops 989 --workers 16 --loader-images 192 --jpeg-train-images 2048)
     echo "== 0. the GPU"
-    timeout $T_CHECK nvidia-smi --query-gpu=name,memory.total --format=csv
-    timeout $T_CHECK "$PY" -c "import torch; assert torch.cuda.is_available(); print(torch.__version__, torch.cuda.get_device_name())"
+    timeout $T_CHECK "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'
+p = torch.cuda.get_device_properties(0); print(torch.__version__, p.name, f'{p.total_memory / 2**30:.0f} GiB')"
 fi
+took $T_CHECK
 
 echo "== 1. tests (limit ${T_TESTS}s)"
 timeout $T_TESTS "$PY" -m pytest -q -x -rs tests/test_cuda.py tests/test_gpu_path.py tests/test_models_and_data.py \
     tests/test_calibration.py tests/test_metrics_and_logits.py
+took $T_TESTS
 
 echo "== 2. tiny pipeline on JPEG files, device: $device, decode_on_device (limits ${T_DATA}s + ${T_PIPELINE}s)"
 work=$(mktemp -d)
@@ -69,12 +72,15 @@ config["datasets"]["tiny"] = jpeg_dataset(work / "data")
 config["execution"].update(device=device, amp=True, decode_on_device=True)
 copy_workflow(work / "workflow", config)
 PYEOF
+took $T_DATA
 # The tiny jobs share the one GPU (profiles/default lets one GPU job run at a time).
 (cd "$work/workflow" && timeout $T_PIPELINE "$PY" -m snakemake --cores $cores --resources gpu=$cores --quiet rules \
-    && tail -n 3 "$TRAIN_LOG" && cat "$REPORT")
+    -- "$REPORT" && tail -n 3 "$TRAIN_LOG" && cat "$REPORT")
+took $T_PIPELINE
 echo "   (workflow and results in $work)"
 
 echo "== 3+4. ResNet-10 throughput, MFU, data path (limit ${T_BENCH}s)"
 timeout $T_BENCH "$PY" bench/run.py --device $device --only models,loading "${bench_sizes[@]}"
+took $T_BENCH
 
 echo "== all steps passed in $((SECONDS - started)) s"
