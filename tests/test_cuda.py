@@ -126,5 +126,5 @@ def test_nvjpeg_batch_with_a_cmyk_jpeg_falls_back_to_the_cpu_and_names_a_truncat
     assert [(image.device.type, tuple(image.shape)) for image in images] == [(CUDA.type, (3, 40, 50))] * 3
     pil = np.asarray(Image.open(io.BytesIO(cmyk.numpy().tobytes())).convert("RGB")).transpose(2, 0, 1)
     assert np.abs(images[1].cpu().numpy().astype(int) - pil).mean() < 2
-    with pytest.raises(ImageFileError, match="cannot read image image 1 of the batch: "):
+    with pytest.raises(ImageFileError, match="cannot read image #1 of the batch: "):
         decode_images([good, good[: len(good) // 2]], CUDA)

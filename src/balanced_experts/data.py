@@ -346,7 +346,7 @@ def _keep_list(items):
 
 
 def decode_images(encoded: list[torch.Tensor], device: torch.device,
-                  name_of: Callable[[int], str] = lambda k: f"image {k} of the batch") -> list[torch.Tensor]:
+                  name_of: Callable[[int], str] = lambda k: f"#{k} of the batch") -> list[torch.Tensor]:
     """3 x H x W uint8 RGB images on ``device`` from encoded files.
 
     JPEGs are decoded as one batch on ``device`` (nvJPEG on CUDA); anything else (PNG, ...)
