@@ -2,7 +2,7 @@
 # GPU checks for one H200, every step under a time limit, 8 minutes in all. Not run on a GPU
 # yet: none has been lent to this project (the README's "On a GPU" says what has run).
 #
-#   bash bench/gpu.sh [--cpu] [python]        from the repository root; python: the venv's
+#   bash bench/gpu.sh [--cpu] [python]        python: the venv's, e.g. .venv/bin/python
 #
 #   1. tests/test_cuda.py (nvJPEG against the CPU decoder, the CMYK fallback, preloaded
 #      batches, calibration objective, bf16 training and prediction against the CPU),
@@ -24,7 +24,9 @@ if [[ ${1:-} == --cpu ]]; then cpu=true; shift; fi
 PY=${1:-python}
 # An absolute interpreter path, so that it still works after a `cd` (symlinks kept: a venv's
 # python is one, and its snakemake lies beside the link, not beside its target).
-if [[ $PY == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; else PY=$(command -v "$PY"); fi
+if [[ $PY == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; else PY=$(command -v "$PY") || true; fi
+[[ -x $PY ]] || { echo "bench/gpu.sh: no python interpreter ${1:-python}" >&2; exit 1; }
+cd "$(dirname "$0")/.."
 export BALANCED_EXPERTS_SHARED_DATA=${BALANCED_EXPERTS_SHARED_DATA:-$PWD/../shared/data}
 
 # Step 2's target and what it shows of the pipeline's results (the dataset is called "tiny").
