@@ -23,7 +23,7 @@ cpu=false
 if [[ ${1:-} == --cpu ]]; then cpu=true; shift; fi
 PY=${1:-python}
 # An absolute interpreter path, so that it still works after a `cd` (symlinks kept: a venv's
-# python is one, and its snakemake lies beside the link, not beside its target).
+# python is one, and its target alone would not see the venv's packages).
 if [[ $PY == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; else PY=$(command -v "$PY") || true; fi
 [[ -x $PY ]] || { echo "bench/gpu.sh: no python interpreter ${1:-python}" >&2; exit 1; }
 cd "$(dirname "$0")/.."
