@@ -16,9 +16,10 @@ Two paths serve every dataset:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -63,15 +64,17 @@ class ImageFileError(RuntimeError):
     """An image named by a list file that cannot be read."""
 
 
+def describe_image(root: Path, image_list: ImageList, index: int) -> str:
+    """``<root>/<path> (<list file>, line <n>)``: how every error names an image."""
+    return f"{root / image_list.paths[index]} ({image_list.source}, line {image_list.line_of(index)})"
+
+
 def open_rgb(root: Path, image_list: ImageList, index: int) -> Image.Image:
-    path = root / image_list.paths[index]
     try:
-        with Image.open(path) as image:
+        with Image.open(root / image_list.paths[index]) as image:
             return image.convert("RGB")
     except (OSError, ValueError) as error:
-        raise ImageFileError(
-            f"cannot read image {path} ({image_list.source}, line {image_list.line_of(index)}): {error}"
-        ) from error
+        raise ImageFileError(f"cannot read image {describe_image(root, image_list, index)}: {error}") from error
 
 
 def check_files_exist(root: Path, image_list: ImageList) -> None:
@@ -82,10 +85,9 @@ def check_files_exist(root: Path, image_list: ImageList) -> None:
     """
     missing = [i for i, rel in enumerate(image_list.paths) if not (root / rel).is_file()]
     if missing:
-        first = missing[0]
         raise ImageFileError(
-            f"image {root / image_list.paths[first]} does not exist ({image_list.source}, line "
-            f"{image_list.line_of(first)}); {len(missing)} of {len(image_list)} listed images are missing"
+            f"image {describe_image(root, image_list, missing[0])} does not exist; "
+            f"{len(missing)} of {len(image_list)} listed images are missing"
         )
 
 
@@ -289,9 +291,10 @@ class ImageSource:
         s = self.spec
         normalize = self._normalizer(device, 1.0)  # the crops below are floats in [0, 1]
         for items in loader:
-            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _ in items]
-            y = torch.tensor([target for _, target in items])
-            images = decode_images(encoded, device)
+            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _, _ in items]
+            y = torch.tensor([target for _, target, _ in items])
+            images = decode_images(encoded, device,
+                                   lambda k: describe_image(self.root, self.image_list, items[k][2]))
             crops = []
             for image in images:
                 h, w = image.shape[-2:]
@@ -326,42 +329,79 @@ class _EncodedDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
+        """``(file bytes, target, list index)``; the index names the file if it fails to decode."""
         index = int(self.indices[i])
-        path = self.root / self.image_list.paths[index]
         try:
             # Plain bytes, not a tensor: a tensor would cross to the main process as a
             # shared-memory file descriptor per image, and hundreds in flight exhaust them.
-            data = path.read_bytes()
+            data = (self.root / self.image_list.paths[index]).read_bytes()
         except OSError as error:
-            raise ImageFileError(f"cannot read image {path} ({self.image_list.source}, line "
-                                 f"{self.image_list.line_of(index)}): {error}") from error
-        return data, int(self.targets[i])
+            raise ImageFileError(
+                f"cannot read image {describe_image(self.root, self.image_list, index)}: {error}") from error
+        return data, int(self.targets[i]), index
 
 
 def _keep_list(items):
     return items
 
 
-def decode_images(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def decode_images(encoded: list[torch.Tensor], device: torch.device,
+                  name_of: Callable[[int], str] = lambda k: f"#{k} of the batch") -> list[torch.Tensor]:
     """3 x H x W uint8 RGB images on ``device`` from encoded files.
 
     JPEGs are decoded as one batch on ``device`` (nvJPEG on CUDA); anything else (PNG, ...)
-    on the CPU and copied over.
+    on the CPU and copied over. One file nvJPEG cannot decode (a CMYK JPEG; ImageNet has
+    about 22) or a truncated one fails the whole batch with an error that names no file:
+    then the batch's JPEGs are decoded one by one on the CPU, and a file that fails there
+    too raises :class:`ImageFileError` naming it (``name_of(k)`` names the k-th image).
     """
-    import torchvision
-
     is_jpeg = [len(data) > 2 and data[0] == 0xFF and data[1] == 0xD8 for data in encoded]
     images: list[torch.Tensor | None] = [None] * len(encoded)
-    jpegs = [data for data, jpeg in zip(encoded, is_jpeg) if jpeg]
-    if jpegs:
-        decoded = torchvision.io.decode_jpeg(jpegs, mode=torchvision.io.ImageReadMode.RGB, device=device)
-        positions = [i for i, jpeg in enumerate(is_jpeg) if jpeg]
-        for position, image in zip(positions, decoded):
-            images[position] = image
-    for i, jpeg in enumerate(is_jpeg):
-        if not jpeg:
-            images[i] = torchvision.io.decode_image(encoded[i], mode=torchvision.io.ImageReadMode.RGB).to(device)
+    positions = [k for k, jpeg in enumerate(is_jpeg) if jpeg]
+    if positions:
+        try:
+            decoded = _decode_jpeg_batch([encoded[k] for k in positions], device)
+        except RuntimeError:
+            decoded = [None] * len(positions)  # decoded one by one below
+        for k, image in zip(positions, decoded):
+            images[k] = image
+    for k, image in enumerate(images):
+        if image is None:
+            images[k] = _decode_on_cpu(encoded[k], name_of(k)).to(device)
     return images
+
+
+def _decode_jpeg_batch(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    wait_for_device(device)
+    return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+
+
+def wait_for_device(device: torch.device) -> None:
+    """Before a device decode, wait for the work queued on ``device``'s current stream; a no-op
+    on the CPU.
+
+    torchvision's CUDA ``decode_jpeg`` allocates its outputs on the caller's stream but
+    writes them from a private stream that does not wait for it (pytorch/vision#9606), so
+    it can overwrite memory that a queued forward pass still reads (freed by the caller,
+    recycled by the caching allocator): silently wrong inputs, logits and cRT features.
+    Nothing else between two batches syncs with the host (``predict`` never does).
+    """
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+def _decode_on_cpu(data: torch.Tensor, name: str) -> torch.Tensor:
+    """One image by the CPU decoders (libjpeg reads CMYK JPEGs too), or an error naming it."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        # torchvision prefixes its C++ source location ("decode_jpeg, .../decode_jpeg.cpp:171, ").
+        message = re.sub(r"^.*\.cpp:\d+, ", "", str(error))
+        raise ImageFileError(f"cannot read image {name}: {message}") from error
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -128,11 +128,19 @@ class LongTailNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.classifier = nn.Linear(embed_dim, num_outputs)
 
+    # The head (pool, fc, classifier) runs in float32 even under bf16 autocast: the logits
+    # are stored as float32 and feed argmax and the calibration's NLL, and bf16 would round
+    # them to steps of 0.0625 for |z| in 8-16 (ties, coarse probabilities). The trunk's
+    # convolutions keep the autocast speed; the head is a negligible share of the FLOPs.
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.fc(torch.flatten(self.pool(self.trunk(x)), 1)))
+        x = self.trunk(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.relu(self.fc(torch.flatten(self.pool(x.float()), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        features = self.features(x)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.classifier(features)
 
     def learnable_modules(self, num_learnable: int) -> list[nn.Module]:
         """The modules an expert fine-tunes for a given ``num_learnable``."""

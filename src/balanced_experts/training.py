@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .distributed import rank_and_world_size
+from .distributed import rank_and_world_size, sync_batchnorm_layers
 from .models import train_mode
 from .runtime import autocast
 
@@ -97,6 +97,24 @@ def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> d
     return state
 
 
+def _load_resume_state_on_every_rank(path: Path | None, fingerprint: str, name: str, log,
+                                     device: torch.device) -> dict | None:
+    """:func:`_load_resume_state` under DDP: rank 0 alone reads the checkpoint, judges it and
+    removes a stale or unreadable one, while the other ranks wait for its verdict; they then
+    read the checkpoint it accepted. (Had every rank judged and removed it, the ranks that
+    lost the race would fail on the file another had just deleted.)"""
+    rank, world_size = rank_and_world_size()
+    if world_size == 1:
+        return _load_resume_state(path, fingerprint, name, log)
+    state = _load_resume_state(path, fingerprint, name, log) if rank == 0 else None
+    if _flag_from_rank_0(state is not None, device):
+        if rank != 0:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        # A barrier: rank 0 replaces or deletes the file only after every rank has read it.
+        _flag_from_rank_0(True, device)
+    return state
+
+
 def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
     """A per-step LambdaLR: linear warmup, then cosine / step / constant."""
     total = max(1, settings.epochs * steps_per_epoch)
@@ -146,8 +164,9 @@ def _silent(message: str) -> None:
     """The log of ranks other than 0: rank 0 speaks for the job."""
 
 
-def _stop_flag_from_rank_0(stopped: bool, device: torch.device) -> bool:
-    flag = torch.tensor([int(stopped)], device=device)
+def _flag_from_rank_0(value: bool, device: torch.device) -> bool:
+    """Rank 0's ``value`` on every rank (the others' ``value`` is ignored); every rank waits here."""
+    flag = torch.tensor([int(value)], device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
 
@@ -166,6 +185,7 @@ def fit(
     fingerprint: str = "",
     amp: bool = False,
     compile: bool = False,
+    sync_batchnorm: bool = True,
 ) -> dict:
     """Train ``parameters`` of ``model``; returns the best epoch's state dict and summary.
 
@@ -185,8 +205,11 @@ def fit(
     :mod:`balanced_experts.distributed`), ``train_batches`` yields this rank's shard;
     gradients are averaged by DistributedDataParallel; the training loss and accuracy
     are summed over ranks; rank 0 alone validates, logs, writes the metrics and the
-    epoch checkpoint, and tells the others when to stop. Every rank reads the epoch
-    checkpoint to resume. The returned state dict is None on the other ranks.
+    epoch checkpoint, and tells the others when to stop. Rank 0 decides whether the epoch
+    checkpoint is resumed from; then every rank reads it. On CUDA, ``sync_batchnorm``
+    makes BatchNorm use the statistics of the global batch
+    (:func:`balanced_experts.distributed.sync_batchnorm_layers`). The returned state dict is None
+    on the other ranks.
     """
     rank, world_size = rank_and_world_size()
     is_main = rank == 0
@@ -203,7 +226,8 @@ def fit(
     rows: list[list[str]] = []  # the metrics CSV rows so far, also kept in the epoch checkpoint
     first_epoch, stopped = 1, False
     resume_path = Path(resume_path) if resume_path is not None else None
-    resumed = _load_resume_state(resume_path, fingerprint, name, log)
+    device = next(model.parameters()).device
+    resumed = _load_resume_state_on_every_rank(resume_path, fingerprint, name, log, device)
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -225,7 +249,11 @@ def fit(
             csv.writer(handle).writerows([fields] + rows)
 
     # After resuming: DDP starts every rank from rank 0's weights and buffers.
-    device = next(model.parameters()).device
+    if world_size > 1:
+        converted = sync_batchnorm_layers(model, device, enabled=sync_batchnorm)
+        if converted:
+            log(f"{name}: {converted} BatchNorm layers use the statistics of the global batch "
+                f"over {world_size} processes (SyncBatchNorm)")
     # torch.compile wraps the plain model: it serves validation, and training when there is
     # one process; under several, training goes through the DDP wrapper (gradient averaging).
     forward = torch.compile(model) if compile else model
@@ -264,7 +292,7 @@ def fit(
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
         if not is_main:
             # Rank 0 decides (its validation, its BatchNorm statistics); the others follow.
-            stopped = _stop_flag_from_rank_0(False, device)
+            stopped = _flag_from_rank_0(False, device)
             if stopped:
                 break
             continue
@@ -299,7 +327,7 @@ def fit(
                 "best_epoch": best_epoch, "best_state": best_state, "rows": rows,
             }, resume_path)
         if world_size > 1:
-            _stop_flag_from_rank_0(stopped, device)
+            _flag_from_rank_0(stopped, device)
         if stopped:
             break
 

@@ -143,6 +143,7 @@ result = fit(
     fingerprint=fingerprint,
     amp=bool(execution.get("amp", True)),
     compile=bool(execution.get("compile", False)),
+    sync_batchnorm=bool(execution.get("sync_batchnorm", True)),
 )
 leave_process_group()
 if rank != 0:
