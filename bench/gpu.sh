@@ -26,7 +26,7 @@ from conftest import copy_workflow, tiny_config
 config = tiny_config(); config["execution"].update(device="cuda", amp=True, decode_on_device=True)
 copy_workflow(Path(sys.argv[1]), config)
 PYEOF
-(cd "$work" && timeout 180 "$(dirname "$(command -v $PY)")/snakemake" --cores 4 && tail -n 3 results/tiny/logs/train_base.log && cat results/tiny/report.csv)
+(cd "$work" && timeout 180 "$(dirname "$(command -v $PY)")/snakemake" --cores 4 && tail -n 3 results/tiny/seed0/logs/train_base.log && cat results/tiny/report.csv)
 
 echo "== 3+4. ResNet-10 throughput, MFU, data path (~3 min)"
 timeout 300 $PY bench/run.py --device cuda --cores 16 --skip-pipeline \
