@@ -67,7 +67,8 @@ def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(tmp_path
                                   "backbone": {"name": "resnet10"}}}}
     (workdir / "mini.yaml").write_text(yaml.safe_dump(user))
     started = time.perf_counter()
-    snakemake(workdir, "--cores", "2", "--configfile", "mini.yaml", "results/mini/report.csv")
+    # The target goes first: --configfile takes every file name that follows it.
+    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "--configfile", "mini.yaml")
     print(f"mini ImageNet-LT DAG: {time.perf_counter() - started:.1f} s")
     results = workdir / "results/mini"
     classes = pd.read_csv(results / "classes.csv")
@@ -81,7 +82,7 @@ def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(tmp_path
     resolved = yaml.safe_load((results / "resolved_config.yaml").read_text())
     assert resolved["input"] == {"augment": "imagenet", "preload": False, "workers": 0, "size": 16}
     assert resolved["backbone"] == {"embed_dim": 16, "name": "resnet10"} and resolved["base"]["epochs"] == 2
-    assert planned_jobs(workdir, "--configfile", "mini.yaml", "results/mini/report.csv") == set()
+    assert planned_jobs(workdir, "results/mini/report.csv", "--configfile", "mini.yaml") == set()
 
 
 def test_mini_cifar_archive_whole_dag(tmp_path):

@@ -164,9 +164,10 @@ def _layer_of(path: list, layers: list[tuple[str, dict]]) -> int | None:
     for index, (_, section) in enumerate(layers):
         node = section
         for part in path:
-            if not isinstance(node, dict) or part not in node:
+            if isinstance(node, dict) and part in node or isinstance(node, list) and part < len(node):
+                node = node[part]
+            else:
                 break
-            node = node[part]
         else:
             return index
     return None
