@@ -64,7 +64,8 @@ def per_class_accuracy_plot(per_class: list[pd.DataFrame], path: str | Path) -> 
         ax.plot(xs, ys.mean(0), color=color, lw=2 if method == "experts_calibrated" else 1.3, label=method)
         if len(per_class) > 1:
             spread = ys.std(0, ddof=1)
-            ax.fill_between(xs, ys.mean(0) - spread, ys.mean(0) + spread, color=color, alpha=0.15, lw=0)
+            ax.fill_between(xs, np.clip(ys.mean(0) - spread, 0, 100), np.clip(ys.mean(0) + spread, 0, 100),
+                            color=color, alpha=0.15, lw=0)
     ax.set_xscale("log")
     _split_boundaries(ax, first)
     ax.set_xlabel("training images of the class (log scale)")
@@ -148,8 +149,10 @@ FOLDS = ("many", "medium", "few", "all")
 
 
 def _folds_figure(title: str):
+    """One panel per fold, methods on a shared y axis, listed top down in report order."""
     fig, axes = plt.subplots(1, len(FOLDS), figsize=(3.4 * len(FOLDS), 4.2), sharey=True)
     fig.suptitle(title, fontsize=10)
+    axes[0].invert_yaxis()  # once: the panels share the axis
     return fig, axes
 
 
@@ -174,7 +177,6 @@ def four_fold_plot(rows: pd.DataFrame, path: str | Path) -> None:
         ax.set_title(fold)
         ax.set_xlim(0, 100)
         ax.set_yticks(positions, methods, fontsize=8)
-        ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -199,7 +201,6 @@ def comparison_plot(table: pd.DataFrame, path: str | Path) -> None:
         ax.set_title(fold)
         ax.set_xlim(0, 100)
         ax.set_yticks(np.arange(len(methods)), methods, fontsize=8)
-        ax.invert_yaxis()
     axes[-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
