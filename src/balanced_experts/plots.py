@@ -201,7 +201,8 @@ def comparison_plot(table: pd.DataFrame, path: str | Path) -> None:
         ax.set_title(fold)
         ax.set_xlim(0, 100)
         ax.set_yticks(np.arange(len(methods)), methods, fontsize=8)
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # Below the panels, clear of the bars.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(settings), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
