@@ -27,9 +27,12 @@ import yaml
 DEFAULT_SEEDS = [0]
 """Replicates of a dataset that sets no ``seeds``."""
 
-VARIANT_FIXED_KEYS = ("data", "seeds", "variants")
-"""What a variant may not change: it runs on its dataset's data and seeds (so that the
-comparison is seed by seed on the same images), and variants do not nest."""
+VARIANT_FIXED_KEYS = {
+    "data": "it runs on its dataset's data; define another dataset for other data",
+    "seeds": "it runs on its dataset's seeds, so that the comparison is seed by seed",
+    "variants": "variants do not nest",
+}
+"""What a variant may not change, and why."""
 
 
 class ConfigError(ValueError):
@@ -238,10 +241,10 @@ def config_problems(config: dict, schema: dict) -> list[str]:
             key = setting_key(setting_path(name, variant))
             fixed = [k for k in VARIANT_FIXED_KEYS if k in section]
             if fixed:
-                problems.append(f"{key}.{fixed[0]}: a variant cannot change {fixed[0]!r} (it runs on its "
-                                f"dataset's data and seeds); define another dataset instead")
+                problems.append(f"{key}.{fixed[0]}: a variant cannot change {fixed[0]!r}: "
+                                f"{VARIANT_FIXED_KEYS[fixed[0]]}")
                 continue
-            layers = [(key, section), *[(f"datasets.{name}", datasets[name]), ("defaults", defaults)]]
+            layers = [(key, section), (f"datasets.{name}", datasets[name]), ("defaults", defaults)]
             problems += _settings_problems(resolve_variant(config, name, variant), layers, schema)
     return problems
 
