@@ -31,7 +31,7 @@ export BALANCED_EXPERTS_SHARED_DATA=${BALANCED_EXPERTS_SHARED_DATA:-$PWD/../shar
 
 # Step 2's target and what it shows of the pipeline's results (the dataset is called "tiny").
 REPORT=results/tiny/report.csv
-TRAIN_LOG=results/tiny/logs/train_base.log
+TRAIN_LOG=results/tiny/seed0/logs/train_base.log
 
 # Time limits in seconds: device check, tests, JPEG dataset, pipeline, throughput benches.
 T_CHECK=20 T_TESTS=80 T_DATA=20 T_PIPELINE=220 T_BENCH=140

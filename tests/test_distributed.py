@@ -20,10 +20,10 @@ def _train_base(workdir, *extra):
     config = tiny_config()
     config["datasets"]["tiny"]["base"]["epochs"] = 8
     copy_workflow(workdir, config)
-    snakemake(workdir, "--cores", "2", "results/tiny/models/base/weights.pt", *extra)
-    metrics = pd.read_csv(workdir / "results/tiny/models/base/metrics.csv")
-    meta = torch.load(workdir / "results/tiny/models/base/weights.pt", weights_only=True)["meta"]
-    return metrics, meta, (workdir / "results/tiny/logs/train_base.log").read_text()
+    snakemake(workdir, "--cores", "2", "results/tiny/seed0/models/base/weights.pt", *extra)
+    metrics = pd.read_csv(workdir / "results/tiny/seed0/models/base/metrics.csv")
+    meta = torch.load(workdir / "results/tiny/seed0/models/base/weights.pt", weights_only=True)["meta"]
+    return metrics, meta, (workdir / "results/tiny/seed0/logs/train_base.log").read_text()
 
 
 def test_two_processes_reach_the_accuracy_of_one(tmp_path):

@@ -21,9 +21,10 @@ from conftest import REPO, copy_workflow, snakemake
 pytestmark = pytest.mark.slurm
 
 # Jobs of the whole DAG on one synthetic dataset: data, classes, base, 3 experts, cRT,
-# 5 models x 3 splits of logits, calibration, report.
+# 5 models x 3 splits of logits, calibration, the seed's report and the report over seeds
+# (the resolved config is written by a local rule, outside Slurm).
 JOBS = {"synthetic_data": 1, "image_cache": 3, "classes": 1, "train_base": 1, "train_expert": 3,
-        "train_crt": 1, "logits": 15, "calibrate": 1, "report": 1}
+        "train_crt": 1, "logits": 15, "calibrate": 1, "report": 1, "aggregate": 1}
 
 
 def _missing_requirements() -> str | None:

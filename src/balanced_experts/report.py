@@ -31,6 +31,7 @@ METHODS = {
     "oracle": "each image routed to the expert owning its true class (an upper bound)",
 }
 REPORT_COLUMNS = ["method", "many", "medium", "few", "all", "ece", "nll"]
+METRIC_COLUMNS = REPORT_COLUMNS[1:]
 ECE_BINS = 15
 
 
@@ -38,7 +39,6 @@ ECE_BINS = 15
 class Report:
     summary: pd.DataFrame  # one row per method: REPORT_COLUMNS
     per_class: pd.DataFrame  # class_id, train_count, split, one accuracy column per method
-    split_counts: pd.DataFrame  # split, classes, train_images, test_images
     predictions: pd.DataFrame  # sample_id, label, pred_<method>, conf_<method>
     info: dict  # the chosen taus and their validation accuracies
 
@@ -102,19 +102,59 @@ def build_report(classes_csv, base_val, base_test, base_weights, crt_test, exper
         predictions[f"pred_{method}"] = pred.astype(np.int64)
         predictions[f"conf_{method}"] = probs.max(1) if probs is not None else np.full(len(labels), np.nan)
 
-    test_counts = np.bincount(labels, minlength=num_classes)
-    split_counts = pd.DataFrame(
-        [{"split": name, "classes": int((class_split == name).sum()),
-          "train_images": int(train_counts[class_split == name].sum()),
-          "test_images": int(test_counts[class_split == name].sum())} for name in SPLIT_NAMES]
-    )
     return Report(
         summary=pd.DataFrame(rows, columns=REPORT_COLUMNS),
         per_class=pd.concat([classes[["class_id", "train_count", "split"]],
                              pd.DataFrame(per_class)], axis=1),
-        split_counts=split_counts,
         predictions=pd.DataFrame(predictions),
         info={"logit_adjustment_tau": la_tau, "logit_adjustment_val_acc": la_val,
               "tau_norm_tau": tn_tau, "tau_norm_val_acc": tn_val, "ece_bins": ECE_BINS,
               "methods": METHODS},
     )
+
+
+def split_counts(classes: pd.DataFrame, test_labels: np.ndarray) -> pd.DataFrame:
+    """Classes, training images and test images of each class split."""
+    class_split = classes["split"].to_numpy()
+    train_counts = classes["train_count"].to_numpy()
+    test_counts = np.bincount(test_labels, minlength=len(classes))
+    return pd.DataFrame(
+        [{"split": name, "classes": int((class_split == name).sum()),
+          "train_images": int(train_counts[class_split == name].sum()),
+          "test_images": int(test_counts[class_split == name].sum())} for name in SPLIT_NAMES]
+    )
+
+
+# -- several seeds, several settings ---------------------------------------------------------
+
+def seed_rows(reports: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Every replicate's report rows (``seed -> report``), with a leading ``seed`` column."""
+    return pd.concat([report.assign(seed=seed)[["seed", *REPORT_COLUMNS]] for seed, report in reports.items()],
+                     ignore_index=True)
+
+
+def mean_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method (in report order): the mean of every column over the seeds (the report's
+    columns, in their order), then each one's sample standard deviation (``<column>_std``,
+    ddof 1: empty for a single seed, which has no spread to estimate), then ``seeds``, the
+    number of seeds."""
+    grouped = rows.groupby("method", sort=False)
+    methods = [frame["method"].tolist() for _, frame in rows.groupby("seed", sort=False)]
+    if any(m != methods[0] for m in methods):
+        raise ValueError(f"the seeds' reports list different methods: {methods}")
+    return pd.concat([grouped[METRIC_COLUMNS].mean(), grouped[METRIC_COLUMNS].std(ddof=1).add_suffix("_std"),
+                      grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
+
+
+def mean_per_class(per_class: list[pd.DataFrame]) -> pd.DataFrame:
+    """Every class's accuracy under every method, averaged over the seeds' per-class tables."""
+    keys = ["class_id", "train_count", "split"]
+    stacked = pd.concat(per_class, ignore_index=True)
+    methods = [c for c in per_class[0].columns if c not in keys]
+    return stacked.groupby(keys, sort=False)[methods].mean().reset_index()
+
+
+def comparison(reports: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Settings side by side (``name -> report over seeds``), with a leading ``setting`` column."""
+    return pd.concat([report.assign(setting=name)[["setting", *report.columns]] for name, report in reports.items()],
+                     ignore_index=True)

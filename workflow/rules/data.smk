@@ -45,13 +45,13 @@ rule classes:
         train=list_file("train", images=False),
         code=code("classes", "lists", "runtime", "splits"),
     output:
-        classes="results/{dataset}/classes.csv",
+        classes="results/{setting}/classes.csv",
     params:
-        class_splits=section("class_splits"),
+        **stage_params("classes"),
     conda:
         "../envs/pytorch.yaml"
     log:
-        "results/{dataset}/logs/classes.log",
+        "results/{setting}/logs/classes.log",
     script:
         "../scripts/classes.py"
 
@@ -62,17 +62,34 @@ rule image_cache:
         images=lambda wildcards: list_file(wildcards.split)(wildcards),
         code=code("image_cache", "data", "lists", "runtime"),
     output:
-        cache="results/{dataset}/cache/{split}.npy",
+        cache="results/{setting}/cache/{split}.npy",
     params:
-        size=section("input", "size"),
+        **stage_params("image_cache"),
         root=image_root,
-    wildcard_constraints:
-        dataset=preloaded_datasets(),
     conda:
         "../envs/pytorch.yaml"
     log:
-        "results/{dataset}/logs/image_cache_{split}.log",
+        "results/{setting}/logs/image_cache_{split}.log",
     benchmark:
-        "results/{dataset}/benchmarks/image_cache_{split}.tsv"
+        "results/{setting}/benchmarks/image_cache_{split}.tsv"
     script:
         "../scripts/image_cache.py"
+
+
+# It writes one small file: on a cluster, not worth a job of its own.
+localrules:
+    resolved_config,
+
+
+rule resolved_config:
+    """A setting's merged config (defaults, dataset, variant), written beside its results."""
+    input:
+        code=code("resolved_config", "runtime"),
+    output:
+        config="results/{setting}/resolved_config.yaml",
+    params:
+        settings=setting_config,
+    log:
+        "results/{setting}/logs/resolved_config.log",
+    script:
+        "../scripts/resolved_config.py"

@@ -55,7 +55,7 @@ if name == "base":
             loaded = load_trunk_weights(model.trunk, pretrained["path"], pretrained.get("format", "torchvision"))
         except PretrainedWeightsError as error:
             # Name the config key: the user fixes the config, not this program.
-            message = f"datasets.{snakemake.wildcards.dataset}.backbone.pretrained.path: {error}"
+            message = f"{snakemake.params.config_key}.backbone.pretrained.path: {error}"
             log.error(message)
             raise SystemExit(message)
         log.info(f"trunk initialised from {loaded['path']} ({loaded['format']}, {loaded['tensors']} tensors)")
