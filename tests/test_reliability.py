@@ -63,6 +63,15 @@ CONFIG_ERRORS = {
                        "datasets.tiny.experts: missing required key 'few'"),
     "unknown device": (_set("execution.device", "gpu"),
                        "execution.device: 'gpu' is not allowed; allowed: auto, cpu, cuda or cuda:N"),
+    "unknown frozen_bn": (_set("datasets.tiny.experts.few.frozen_bn", "frozen"),
+                          "datasets.tiny.experts.few.frozen_bn: 'frozen' is not allowed; allowed: train, eval"),
+    "fc layer of a model without one": (
+        lambda c: (_set("datasets.tiny.backbone.embed_dim", None)(c),
+                   _set("datasets.tiny.experts.medium.num_learnable", 2)(c)),
+        "datasets.tiny.experts.medium.num_learnable: 2 adds the fc layer, and backbone.embed_dim is null"),
+    "cached features in train mode": (
+        lambda c: c["datasets"]["tiny"]["lws"].update(features="cached", frozen_bn="train"),
+        "datasets.tiny.lws.frozen_bn: 'train' needs features: images"),
 }
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from . import DECOUPLED_METHODS
+
 
 class ConfigError(ValueError):
     """A configuration that the workflow cannot run with."""
@@ -84,6 +86,18 @@ def semantic_problems(config: dict) -> list[str]:
             problems.append(
                 f"datasets.{name}.class_splits: few_threshold ({few}) must not exceed "
                 f"many_threshold ({many})")
+        if "embed_dim" in dataset.get("backbone", {}) and dataset["backbone"]["embed_dim"] is None:
+            for expert, settings in dataset.get("experts", {}).items():
+                if settings.get("num_learnable") == 2:
+                    problems.append(
+                        f"datasets.{name}.experts.{expert}.num_learnable: 2 adds the fc layer, and "
+                        f"backbone.embed_dim is null (no fc layer); use 1 or >= 3")
+        for method in DECOUPLED_METHODS:
+            section = dataset.get(method, {})
+            if section.get("features") == "cached" and section.get("frozen_bn") == "train":
+                problems.append(
+                    f"datasets.{name}.{method}.frozen_bn: 'train' needs features: images (cached "
+                    f"features are computed once, in eval mode); use eval or leave it unset")
         data = dataset.get("data", {})
         if data.get("kind") == "lists":
             missing = [k for k in ("root", "train_list", "val_list", "test_list") if k not in data]

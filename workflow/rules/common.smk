@@ -12,6 +12,7 @@ sys.path.insert(0, _SRC)
 
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
+from balanced_experts import DECOUPLED_METHODS  # noqa: E402
 from balanced_experts.configuration import ConfigError, check_config  # noqa: E402
 from balanced_experts.lists import (ListFormatError, check_labels_cover,  # noqa: E402
                                     check_labels_in_range, read_list)
@@ -28,8 +29,10 @@ DATASETS = list(config["datasets"])
 EXPERTS = ["many", "medium", "few"]
 # Start order of the experts when they compete for cores (higher first); see rule train_expert.
 EXPERT_PRIORITY = {"many": 2, "medium": 1, "few": 0}
-# Every model whose logits are written: the base model, the experts, and the cRT baseline.
-MODELS = ["base"] + EXPERTS + ["crt"]
+# The classifiers re-trained on the frozen base model (Kang et al. 2020): cRT and LWS.
+DECOUPLED = list(DECOUPLED_METHODS)
+# Every model whose logits are written: the base model, the experts, the decoupled classifiers.
+MODELS = ["base"] + EXPERTS + DECOUPLED
 DATA_SPLITS = ["train", "val", "test"]
 EXECUTION = config.get("execution", {})
 
@@ -56,6 +59,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     expert="|".join(EXPERTS),
     model="|".join(MODELS),
+    method="|".join(DECOUPLED),
     split="|".join(DATA_SPLITS),
 
 

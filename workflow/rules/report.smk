@@ -1,32 +1,3 @@
-rule train_crt:
-    """cRT baseline: a fresh classifier on frozen base features, class-balanced sampling."""
-    input:
-        train=list_file("train"),
-        val=list_file("val"),
-        train_cache=image_cache("train"),
-        val_cache=image_cache("val"),
-        base="results/{dataset}/models/base/weights.pt",
-        code=code("train_crt", "crt", "logits", *TRAIN_MODULES),
-    output:
-        weights="results/{dataset}/models/crt/weights.pt",
-        metrics="results/{dataset}/models/crt/metrics.csv",
-    params:
-        train=section("crt"),
-        input=section("input"),
-        root=image_root,
-    conda:
-        "../envs/pytorch.yaml"
-    log:
-        "results/{dataset}/logs/train_crt.log",
-    benchmark:
-        "results/{dataset}/benchmarks/train_crt.tsv"
-    threads: EXECUTION.get("expert_threads", 1)
-    resources:
-        gpu=gpus_per_job(),
-    script:
-        "../scripts/train_crt.py"
-
-
 rule report:
     """Test accuracy (Many / Medium / Few / All), ECE and NLL of every method; tables and plots."""
     input:
@@ -34,10 +5,10 @@ rule report:
         base_val="results/{dataset}/logits/base/val.parquet",
         base_test="results/{dataset}/logits/base/test.parquet",
         base_weights="results/{dataset}/models/base/weights.pt",
-        crt_test="results/{dataset}/logits/crt/test.parquet",
+        decoupled=expand("results/{{dataset}}/logits/{method}/test.parquet", method=DECOUPLED),
         experts=expand("results/{{dataset}}/logits/{expert}/test.parquet", expert=EXPERTS),
         calibration="results/{dataset}/calibration/calibration.pt",
-        metrics=expand("results/{{dataset}}/models/{model}/metrics.csv", model=["base"] + EXPERTS + ["crt"]),
+        metrics=expand("results/{{dataset}}/models/{model}/metrics.csv", model=MODELS),
         code=code("report", "report", "baselines", "calibration", "logits", "metrics", "models", "plots",
                   "runtime", "splits"),
     output:

@@ -63,3 +63,33 @@ rule train_expert:
     priority: lambda wildcards: EXPERT_PRIORITY[wildcards.expert]
     script:
         "../scripts/train.py"
+
+
+rule train_decoupled:
+    """A decoupled classifier on the frozen base model (Kang et al. 2020): cRT re-trains it,
+    LWS re-scales it per class; class-aware sampling, best val epoch kept."""
+    input:
+        train=list_file("train"),
+        val=list_file("val"),
+        train_cache=image_cache("train"),
+        val_cache=image_cache("val"),
+        base="results/{dataset}/models/base/weights.pt",
+        code=code("train_decoupled", "decoupled", "logits", *TRAIN_MODULES),
+    output:
+        weights="results/{dataset}/models/{method}/weights.pt",
+        metrics="results/{dataset}/models/{method}/metrics.csv",
+    params:
+        train=lambda wildcards: dataset_config(wildcards).get(wildcards.method, {}),
+        input=section("input"),
+        root=image_root,
+    conda:
+        "../envs/pytorch.yaml"
+    log:
+        "results/{dataset}/logs/train_{method}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_{method}.tsv"
+    threads: EXECUTION.get("expert_threads", 1)
+    resources:
+        gpu=gpus_per_job(),
+    script:
+        "../scripts/train_decoupled.py"
