@@ -93,10 +93,10 @@ def bench_pipeline(repo: Path, scratch: Path, cores: int) -> Path:
         "sum of benchmarked job times (serial)", sum(stages.values()), higher_is_better=False)
     groups: dict[str, list[float]] = {}
     for name, seconds in stages.items():
-        group = "logits (15 jobs)" if name.startswith("logits_") else name
+        group = "logits" if name.startswith("logits_") else name
         groups.setdefault(group, []).append(seconds)
     for group, values in groups.items():
-        row(f"  stage {group}", sum(values), "s")
+        row(f"  stage {group}" + (f" ({len(values)} jobs)" if len(values) > 1 else ""), sum(values), "s")
     report = (workdir / "results/synthetic/report.csv").read_text()
     print(f"report of the default run:\n{report}", file=sys.stderr)
     return workdir

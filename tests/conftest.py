@@ -41,6 +41,7 @@ TINY_DATASET = {
                 "seed": 3},
     },
     "crt": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 4},
+    "lws": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 5},
     "calibration": {"max_iter": 20},
 }
 

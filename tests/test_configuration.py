@@ -8,7 +8,7 @@ import yaml
 
 from balanced_experts.configuration import (config_problem, deep_merge, resolve_dataset, resolve_settings,
                                             resolve_variant)
-from balanced_experts.experiments import STAGES, Experiments, replicate_seed
+from balanced_experts.experiments import MODELS, STAGES, Experiments, replicate_seed
 from conftest import REPO, TINY_DATASET, tiny_config
 
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -107,9 +107,10 @@ def _owners(variant: dict) -> dict[tuple[str, str | None], str]:
     config = tiny_config()
     config["datasets"]["tiny"]["variants"] = {"v": variant}
     experiments = Experiments.from_config(config)
-    jobs = [("classes", None), ("image_cache", None), ("train_base", None), ("train_crt", None),
+    jobs = [("classes", None), ("image_cache", None), ("train_base", None),
+            *[("train_decoupled", m) for m in ("crt", "lws")],
             *[("train_expert", e) for e in ("many", "medium", "few")],
-            *[("logits", m) for m in ("base", "many", "medium", "few", "crt")], ("calibrate", None)]
+            *[("logits", m) for m in MODELS], ("calibrate", None)]
     assert {stage for stage, _ in jobs} == set(STAGES)
     return {job: experiments.owner("tiny/variants/v", job[0], 1, job[1]) for job in jobs}
 
@@ -122,7 +123,7 @@ def test_variant_shares_every_stage_it_does_not_change():
     assert _own(_owners({"experts": {"few": {"lr": 0.5}}})) == {
         ("train_expert", "few"), ("logits", "few"), ("calibrate", None)}
     assert _own(_owners({"calibration": {"max_iter": 3}})) == {("calibrate", None)}
-    assert _own(_owners({"crt": {"lr": 0.5}})) == {("train_crt", None), ("logits", "crt")}
+    assert _own(_owners({"crt": {"lr": 0.5}})) == {("train_decoupled", "crt"), ("logits", "crt")}
     # New class splits: new experts on the shared base model.
     assert _own(_owners({"class_splits": {"many_threshold": 20}})) == {
         ("classes", None), *[(s, e) for e in ("many", "medium", "few") for s in ("train_expert", "logits")],

@@ -9,19 +9,20 @@ import pytest
 import torch
 import yaml
 
+from balanced_experts.experiments import MODELS
 from balanced_experts.report import REPORT_COLUMNS
 from conftest import planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("base", "many", "medium", "few", "crt")
-BASELINES = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt"]
+BASELINES = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "base_lws"]
 
 
 def replicate_jobs(setting: str, seed: int) -> set[tuple[str, str]]:
     """Every job of one replicate: the models, their logits, the calibration, its report."""
     where = f"setting={setting}, seed={seed}"
-    return ({("train_base", where), ("train_crt", where), ("calibrate", where), ("report", where)}
+    return ({("train_base", where), ("calibrate", where), ("report", where)}
+            | {("train_decoupled", f"{where}, method={m}") for m in ("crt", "lws")}
             | {("train_expert", f"{where}, expert={e}") for e in ("many", "medium", "few")}
             | {("logits", f"{where}, model={m}, split={s}") for m in MODELS for s in ("train", "val", "test")})
 

@@ -14,9 +14,9 @@ from conftest import copy_workflow, planned_jobs, snakemake, tiny_config, write_
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("base", "many", "medium", "few", "crt")
-METHODS = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "experts_naive", "experts_prior",
-           "experts_calibrated", "oracle"]
+MODELS = ("base", "many", "medium", "few", "crt", "lws")
+METHODS = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "base_lws", "experts_naive",
+           "experts_prior", "experts_calibrated", "oracle"]
 SPLITS = ("train", "val", "test")
 
 
@@ -52,7 +52,7 @@ def test_logits_of_every_model_and_split_are_aligned(tiny_run):
         for model, table in tables.items():
             assert np.array_equal(table.sample_ids, tables["base"].sample_ids)
             assert np.array_equal(table.labels, tables["base"].labels)
-            if model in ("base", "crt"):
+            if model in ("base", "crt", "lws"):
                 assert table.output_class_ids.tolist() == list(range(len(classes)))
             else:
                 expected = classes.loc[classes["split"] == model, "class_id"].tolist()
@@ -112,6 +112,59 @@ def test_editing_one_expert_reruns_only_its_chain(edited_run):
         ("aggregate", "setting=tiny"),
         ("resolved_config", "setting=tiny"),  # it records the edited setting
     }
+
+
+def test_decoupled_classifiers_keep_the_base_representation(tiny_run):
+    """cRT and LWS train on the frozen base model: their trunk and fc weights are the base
+    model's; their BatchNorm statistics were re-estimated on class-aware batches (frozen_bn:
+    train); LWS's classifier is the base classifier times its per-class scales."""
+    import torch
+
+    from balanced_experts.models import load_checkpoint
+
+    models = {m: load_checkpoint(tiny_run / f"results/tiny/seed0/models/{m}/weights.pt") for m in ("base", "crt", "lws")}
+    base = models["base"]["state_dict"]
+    for method in ("crt", "lws"):
+        state, meta = models[method]["state_dict"], models[method]["meta"]
+        assert meta["model"] == method and meta["features"] == "images" and state.keys() == base.keys()
+        for key, value in state.items():
+            if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert not torch.equal(value, base[key]), key
+            elif not key.startswith("classifier."):
+                assert torch.equal(value, base[key]), key
+    scales = torch.tensor(models["lws"]["meta"]["lws_scales"])
+    assert not torch.equal(scales, torch.ones_like(scales))
+    lws = models["lws"]["state_dict"]
+    assert torch.allclose(lws["classifier.weight"], scales[:, None] * base["classifier.weight"])
+    assert torch.allclose(lws["classifier.bias"], scales * base["classifier.bias"])
+    assert not torch.allclose(models["crt"]["state_dict"]["classifier.weight"], base["classifier.weight"])
+    assert "4 images per class in a row" in (tiny_run / "results/tiny/seed0/logs/train_lws.log").read_text()
+
+
+def test_cached_features_rerun_only_the_crt_chain(edited_run):
+    """The documented fast path (features computed once): editing crt reruns its chain only."""
+    from balanced_experts.models import load_checkpoint
+
+    config = yaml.safe_load((edited_run / "config.yaml").read_text())
+    config["datasets"]["tiny"]["crt"]["features"] = "cached"
+    write_config(edited_run, config)
+    assert planned_jobs(edited_run) == {
+        ("train_decoupled", "setting=tiny, seed=0, method=crt"),
+        ("logits", "setting=tiny, seed=0, model=crt, split=train"),
+        ("logits", "setting=tiny, seed=0, model=crt, split=val"),
+        ("logits", "setting=tiny, seed=0, model=crt, split=test"),
+        ("report", "setting=tiny, seed=0"),
+        ("aggregate", "setting=tiny"),
+        ("resolved_config", "setting=tiny"),
+    }
+    snakemake(edited_run, "--cores", "1", "results/tiny/seed0/models/crt/weights.pt")
+    checkpoint = load_checkpoint(edited_run / "results/tiny/seed0/models/crt/weights.pt")
+    base = load_checkpoint(edited_run / "results/tiny/seed0/models/base/weights.pt")["state_dict"]
+    assert checkpoint["meta"]["features"] == "cached"
+    # The backbone ran in eval mode only: every tensor but the classifier is the base model's.
+    assert all(value.equal(base[key]) for key, value in checkpoint["state_dict"].items()
+               if not key.startswith("classifier."))
+    assert "features of" in (edited_run / "results/tiny/seed0/logs/train_crt.log").read_text()
 
 
 def test_per_class_table_agrees_with_the_four_fold_report(tiny_run):

@@ -71,6 +71,15 @@ CONFIG_ERRORS = {
     "variant changing the data": (
         _set("datasets.tiny.variants", {"v1": {"data": {"kind": "lists"}}}),
         "datasets.tiny.variants.v1.data: a variant cannot change 'data'"),
+    "unknown frozen_bn": (_set("datasets.tiny.experts.few.frozen_bn", "frozen"),
+                          "datasets.tiny.experts.few.frozen_bn: 'frozen' is not allowed; allowed: train, eval"),
+    "fc layer of a model without one": (
+        lambda c: (_set("datasets.tiny.backbone.embed_dim", None)(c),
+                   _set("datasets.tiny.experts.medium.num_learnable", 2)(c)),
+        "datasets.tiny.experts.medium.num_learnable: 2 adds the fc layer, and backbone.embed_dim is null"),
+    "cached features in train mode": (
+        lambda c: c["datasets"]["tiny"]["lws"].update(features="cached", frozen_bn="train"),
+        "datasets.tiny.lws.frozen_bn: 'train' needs features: images"),
 }
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from . import DECOUPLED_METHODS
+
 DEFAULT_SEEDS = [0]
 """Replicates of a dataset that sets no ``seeds``."""
 
@@ -215,6 +217,18 @@ def _semantic_problems(settings: dict, layers: list[tuple[str, dict]]) -> list[s
         missing = [k for k in ("root", "train_list", "val_list", "test_list") if k not in data]
         if missing:
             problems.append(f"{_origin(['data'], layers)}: kind 'lists' needs {', '.join(missing)}")
+    if "embed_dim" in settings.get("backbone", {}) and settings["backbone"]["embed_dim"] is None:
+        for expert, expert_settings in settings.get("experts", {}).items():
+            if expert_settings.get("num_learnable") == 2:
+                problems.append(
+                    f"{_origin(['experts', expert, 'num_learnable'], layers)}: 2 adds the fc layer, and "
+                    f"backbone.embed_dim is null (no fc layer); use 1 or >= 3")
+    for method in DECOUPLED_METHODS:
+        section = settings.get(method, {})
+        if section.get("features") == "cached" and section.get("frozen_bn") == "train":
+            problems.append(
+                f"{_origin([method, 'frozen_bn'], layers)}: 'train' needs features: images (cached "
+                f"features are computed once, in eval mode); use eval or leave it unset")
     return problems
 
 

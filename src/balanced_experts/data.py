@@ -212,15 +212,17 @@ class ImageSource:
         train: bool,
         device: torch.device,
         generator: torch.Generator | None = None,
+        shuffle: bool | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, targets)`` on ``device``; shuffled (with ``generator``) when training.
 
         ``indices`` select entries of the list; ``targets`` are the labels to train on
-        (global labels for the base model, remapped ones for an expert).
+        (global labels for the base model, remapped ones for an expert). ``shuffle=False``
+        keeps the given order in training (a sampler's batches), augmentation still on.
         """
         indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-        if train:
+        if train if shuffle is None else shuffle:
             order = torch.randperm(len(indices), generator=generator)
             indices, targets = indices[order], targets[order]
         if self.pixels is not None:

@@ -20,14 +20,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import SPLIT_NAMES
+from . import DECOUPLED_METHODS, SPLIT_NAMES
 from .configuration import parse_setting, resolve_settings
 
 EXPERTS = SPLIT_NAMES
 """One expert per class split."""
 
-MODELS = ("base", *EXPERTS, "crt")
-"""Every model whose logits are written: the base model, the experts, the cRT baseline."""
+MODELS = ("base", *EXPERTS, *DECOUPLED_METHODS)
+"""Every model whose logits are written: the base model, the experts, the decoupled
+classifiers (cRT, LWS)."""
 
 SEED_STRIDE = 1000
 
@@ -39,14 +40,19 @@ def replicate_seed(seed: int, replicate: int) -> int:
 
 def training_stage(model: str) -> tuple[str, str | None]:
     """``(stage, key)`` of the stage that trains ``model``."""
-    return ("train_expert", model) if model in EXPERTS else (f"train_{model}", None)
+    if model in EXPERTS:
+        return "train_expert", model
+    if model in DECOUPLED_METHODS:
+        return "train_decoupled", model
+    return f"train_{model}", None
 
 
 @dataclass(frozen=True)
 class Stage:
     """What one stage reads from its setting's config and from other stages.
 
-    ``slices``: rule param name -> config key path ("{key}" stands for the job's expert);
+    ``slices``: rule param name -> config key path ("{key}" stands for the job's expert or
+    decoupled method);
     ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads;
     ``per_seed``: one job per replicate (else one per setting);
     ``trains``: its ``train`` slice's ``seed`` is derived from the replicate.
@@ -66,8 +72,8 @@ STAGES: dict[str, Stage] = {
     "train_expert": Stage({"train": ("experts", "{key}"), "input": ("input",)},
                           lambda key: [("image_cache", None), ("classes", None), ("train_base", None)],
                           trains=True),
-    "train_crt": Stage({"train": ("crt",), "input": ("input",)},
-                       lambda key: [("image_cache", None), ("train_base", None)], trains=True),
+    "train_decoupled": Stage({"train": ("{key}",), "input": ("input",)},
+                             lambda key: [("image_cache", None), ("train_base", None)], trains=True),
     "logits": Stage({"input": ("input",)}, lambda model: [("image_cache", None), training_stage(model)]),
     "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS]),
 }

@@ -19,6 +19,7 @@ METHOD_STYLES = {
     "base_logit_adjusted": ("#bcbd22", "v"),
     "base_tau_norm": ("#17becf", "^"),
     "base_crt": ("#9467bd", "s"),
+    "base_lws": ("#8c564b", "P"),
     "experts_naive": ("#ff9896", "x"),
     "experts_calibrated": ("#d62728", "D"),
 }

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import SPLIT_NAMES
+from . import DECOUPLED_METHODS, SPLIT_NAMES
 from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
                           oracle_predictions)
@@ -24,7 +24,8 @@ METHODS = {
     "base": "plain cross-entropy model (the generalist)",
     "base_logit_adjusted": "base logits minus tau * log(train prior), tau chosen on val (Menon et al. 2021)",
     "base_tau_norm": "base classifier weights divided by their norm^tau, tau chosen on val (Kang et al. 2020)",
-    "base_crt": "classifier re-trained on frozen base features, class-balanced sampling (Kang et al. 2020)",
+    "base_crt": "classifier re-trained on the frozen base model, class-aware sampling (cRT, Kang et al. 2020)",
+    "base_lws": "base classifier with learnable per-class scales, class-aware sampling (LWS, Kang et al. 2020)",
     "experts_naive": "experts fused with identity calibration",
     "experts_prior": "experts fused with only the reject-prior correction",
     "experts_calibrated": "experts fused with the joint calibration fit on val (the method)",
@@ -43,15 +44,17 @@ class Report:
     info: dict  # the chosen taus and their validation accuracies
 
 
-def build_report(classes_csv, base_val, base_test, base_weights, crt_test, expert_logits: list,
+def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logits: list, expert_logits: list,
                  calibration) -> Report:
+    """``decoupled_logits``: test logits of the decoupled classifiers (rows ``base_<model>``);
+    ``expert_logits``: test logits of the experts."""
     classes = read_class_table(classes_csv)
     class_split = classes["split"].to_numpy()
     train_counts = classes["train_count"].to_numpy()
     num_classes = len(classes)
 
-    test = {"base": read_logits(base_test), "crt": read_logits(crt_test)}
-    for path in expert_logits:
+    test = {"base": read_logits(base_test)}
+    for path in list(decoupled_logits) + list(expert_logits):
         table = read_logits(path)
         test[table.meta["model"]] = table
     check_aligned(test)
@@ -83,7 +86,7 @@ def build_report(classes_csv, base_val, base_test, base_weights, crt_test, exper
         "base": softmax(test["base"].logits),
         "base_logit_adjusted": softmax(logit_adjusted(test["base"].logits, train_counts, la_tau)),
         "base_tau_norm": softmax(tau_normalised(test["base"].logits, weight, bias, tn_tau)),
-        "base_crt": softmax(test["crt"].logits),
+        **{f"base_{name}": softmax(test[name].logits) for name in DECOUPLED_METHODS},
         **{name: log_p.exp().double().numpy() for name, log_p in fused.items()},
     }
 

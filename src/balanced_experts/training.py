@@ -34,9 +34,18 @@ from .runtime import autocast
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """One model's training settings: the ``base`` or ``experts.<split>`` config section."""
+    """One model's training settings: the ``base``, ``experts.<split>``, ``crt`` or ``lws``
+    config section (keys of other purposes in it are ignored).
 
-    epochs: int = 30  # maximum number of epochs
+    Early stopping: with ``patience`` P, training stops after the P-th epoch in a row whose
+    validation accuracy is not strictly above the best so far, i.e. at epoch
+    ``best_epoch + P``, or after ``epochs`` (the schedule's length), whichever comes
+    first; the best epoch's weights are kept. The original experts code's
+    ``--stopping_criterion c`` stops when ``epoch > best_epoch + c``, one epoch later:
+    it is ``patience: c + 1``.
+    """
+
+    epochs: int = 30  # maximum number of epochs (cosine and warmup schedules span them)
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -45,8 +54,9 @@ class TrainSettings:
     step_size: int = 10
     gamma: float = 0.1
     warmup_epochs: int = 0
-    patience: int | None = None  # epochs without a better val accuracy before stopping
+    patience: int | None = None  # epochs without a better val accuracy that end training
     seed: int = 0
+    frozen_bn: str = "train"  # BatchNorm of frozen layers while training: see models.train_mode
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
@@ -191,8 +201,10 @@ def fit(
 
     ``train_batches(generator)`` yields one epoch of shuffled training batches;
     ``val_batches()`` yields the validation batches. The best epoch is the one with the
-    highest validation accuracy; training stops after ``settings.patience`` epochs
-    without improvement (if set) or at ``settings.epochs``.
+    highest validation accuracy (the first of equals); training stops at epoch
+    ``best_epoch + settings.patience`` (if set; see :class:`TrainSettings`) or at
+    ``settings.epochs``. The frozen parts of ``model`` train with their BatchNorm layers
+    in ``settings.frozen_bn`` mode (:func:`balanced_experts.models.train_mode`).
 
     With ``resume_path``, the state after every epoch is saved there (atomically), and a
     checkpoint found there with the same ``fingerprint`` (see :func:`run_fingerprint`)
@@ -267,7 +279,7 @@ def fit(
     started = time.perf_counter()
     for epoch in range(first_epoch, last_epoch + 1):
         epoch_start = time.perf_counter()
-        train_mode(model)
+        train_mode(model, settings.frozen_bn)
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in train_batches(generator):

@@ -17,7 +17,7 @@ from balanced_experts.configuration import (ConfigError, check_config, parse_set
                                             setting_key)
 from balanced_experts.experiments import (EXPERTS, MODELS, STAGES, Experiments,  # noqa: E402
                                           training_stage)
-from balanced_experts import DATA_SPLITS  # noqa: E402
+from balanced_experts import DATA_SPLITS, DECOUPLED_METHODS  # noqa: E402
 from balanced_experts.lists import (ListFormatError, check_labels_cover,  # noqa: E402
                                     check_labels_in_range, read_list)
 
@@ -69,6 +69,7 @@ wildcard_constraints:
     seed=r"\d+",
     expert=alternatives(EXPERTS),
     model=alternatives(MODELS),
+    method=alternatives(DECOUPLED_METHODS),
     split=alternatives(DATA_SPLITS),
 
 
@@ -206,7 +207,8 @@ def stage_params(stage):
     def param(name):
         def _param(wildcards):
             seed = int(wildcards.get("seed", 0))
-            key = wildcards.get("expert", wildcards.get("model"))
+            # The job's expert, model or decoupled method (the other wildcards name no stage key).
+            key = next((wildcards.get(k) for k in ("expert", "model", "method") if k in wildcards.keys()), None)
             return EXPERIMENTS.params(wildcards.setting, stage, seed, key)[name]
 
         return _param

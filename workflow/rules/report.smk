@@ -1,31 +1,3 @@
-rule train_crt:
-    """cRT baseline: a fresh classifier on frozen base features, class-balanced sampling."""
-    input:
-        train=list_file("train"),
-        val=list_file("val"),
-        train_cache=image_cache("train"),
-        val_cache=image_cache("val"),
-        base=model_file("base", "weights.pt"),
-        code=code("train_crt", "crt", "logits", *TRAIN_MODULES),
-    output:
-        weights="results/{setting}/seed{seed}/models/crt/weights.pt",
-        metrics="results/{setting}/seed{seed}/models/crt/metrics.csv",
-    params:
-        **stage_params("train_crt"),
-        root=image_root,
-    conda:
-        "../envs/pytorch.yaml"
-    log:
-        "results/{setting}/seed{seed}/logs/train_crt.log",
-    benchmark:
-        "results/{setting}/seed{seed}/benchmarks/train_crt.tsv"
-    threads: EXECUTION.get("expert_threads", 1)
-    resources:
-        gpu=gpus_per_job(),
-    script:
-        "../scripts/train_crt.py"
-
-
 def replicate_files(path):
     """Input function: ``path`` (under results/<setting>/seed<k>/) of every replicate of the
     job's setting, in the order of its ``seeds``."""
@@ -46,7 +18,7 @@ rule report:
         base_val=logits_file("base", "val"),
         base_test=logits_file("base", "test"),
         base_weights=model_file("base", "weights.pt"),
-        crt_test=logits_file("crt", "test"),
+        decoupled=lambda wildcards: [logits_file(method, "test")(wildcards) for method in DECOUPLED_METHODS],
         experts=lambda wildcards: [logits_file(expert, "test")(wildcards) for expert in EXPERTS],
         calibration=lambda wildcards: f"{folder(wildcards, 'calibrate')}/calibration/calibration.pt",
         metrics=lambda wildcards: [model_file(model, "metrics.csv")(wildcards) for model in MODELS],

@@ -61,3 +61,32 @@ rule train_expert:
     priority: lambda wildcards: EXPERT_PRIORITY[wildcards.expert]
     script:
         "../scripts/train.py"
+
+
+rule train_decoupled:
+    """A decoupled classifier on the frozen base model (Kang et al. 2020): cRT re-trains it,
+    LWS re-scales it per class; class-aware sampling, best val epoch kept."""
+    input:
+        train=list_file("train"),
+        val=list_file("val"),
+        train_cache=image_cache("train"),
+        val_cache=image_cache("val"),
+        base=model_file("base", "weights.pt"),
+        code=code("train_decoupled", "decoupled", "logits", *TRAIN_MODULES),
+    output:
+        weights="results/{setting}/seed{seed}/models/{method}/weights.pt",
+        metrics="results/{setting}/seed{seed}/models/{method}/metrics.csv",
+    params:
+        **stage_params("train_decoupled"),
+        root=image_root,
+    conda:
+        "../envs/pytorch.yaml"
+    log:
+        "results/{setting}/seed{seed}/logs/train_{method}.log",
+    benchmark:
+        "results/{setting}/seed{seed}/benchmarks/train_{method}.tsv"
+    threads: EXECUTION.get("expert_threads", 1)
+    resources:
+        gpu=gpus_per_job(),
+    script:
+        "../scripts/train_decoupled.py"

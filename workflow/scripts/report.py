@@ -16,7 +16,7 @@ report = build_report(
     base_val=snakemake.input.base_val,
     base_test=snakemake.input.base_test,
     base_weights=snakemake.input.base_weights,
-    crt_test=snakemake.input.crt_test,
+    decoupled_logits=list(snakemake.input.decoupled),
     expert_logits=list(snakemake.input.experts),
     calibration=snakemake.input.calibration,
 )
