@@ -29,7 +29,7 @@ from torch import nn
 
 from .distributed import rank_and_world_size
 from .models import train_mode
-from .runtime import autocast
+from .runtime import ArtifactError, autocast, load_torch_file, save_torch_file, writing
 
 
 @dataclass(frozen=True)
@@ -73,20 +73,14 @@ def run_fingerprint(settings: dict, files=()) -> str:
     return digest.hexdigest()
 
 
-def _save_atomically(state: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> dict | None:
     """The epoch checkpoint at ``path`` if it belongs to this run, else None (and it is removed)."""
     if path is None or not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: start over rather than fail
-        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error}); starting from epoch 1")
+        state = load_torch_file(path)
+    except ArtifactError as error:  # a damaged or foreign file: start over rather than fail
+        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error.problem}); starting from epoch 1")
         path.unlink()
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
@@ -221,7 +215,7 @@ def fit(
     fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     if is_main:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with metrics_path.open("w", newline="") as handle:
+        with writing(metrics_path), metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerows([fields] + rows)
 
     # After resuming: DDP starts every rank from rank 0's weights and buffers.
@@ -285,13 +279,13 @@ def fit(
         row = [str(epoch), f"{train_loss:.6f}", f"{train_acc:.4f}", f"{val_loss:.6f}",
                f"{val_acc:.4f}", f"{lr:.8f}", f"{seconds:.3f}"]
         rows.append(row)
-        with metrics_path.open("a", newline="") as handle:
+        with writing(metrics_path), metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerow(row)
         if settings.patience is not None and epoch - best_epoch >= settings.patience:
             log(f"{name}: no better val accuracy for {settings.patience} epochs, stopping at epoch {epoch}")
             stopped = True
         if resume_path is not None:
-            _save_atomically({
+            save_torch_file({
                 "fingerprint": fingerprint, "epoch": epoch, "stopped": stopped,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),

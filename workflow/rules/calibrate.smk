@@ -14,5 +14,7 @@ rule calibrate:
         "results/{dataset}/logs/calibrate.log",
     benchmark:
         "results/{dataset}/benchmarks/calibrate.tsv"
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/calibrate.py"

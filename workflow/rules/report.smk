@@ -23,6 +23,7 @@ rule train_crt:
     threads: EXECUTION.get("expert_threads", 1)
     resources:
         gpu=gpus_per_job(),
+        attempt=job_attempt,
     script:
         "../scripts/train_crt.py"
 
@@ -89,5 +90,7 @@ rule report:
         "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/report.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/report.py"

@@ -10,7 +10,7 @@ from balanced_experts.models import load_model
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 
 model_name, split = snakemake.wildcards.model, snakemake.wildcards.split
-log = get_logger(f"logits_{model_name}_{split}", snakemake.log[0])
+log = get_logger(f"logits_{model_name}_{split}", snakemake.log[0], snakemake.resources.get("attempt"))
 exit_briefly_on(log, ListFormatError, ImageFileError)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))

@@ -31,7 +31,7 @@ if processes > 1 and not under_torchrun():
 rank, world_size = 0, 1
 if under_torchrun():
     rank, world_size, device = join_process_group(device)
-log = get_logger(f"train_{name}", snakemake.log[0] if rank == 0 else None)
+log = get_logger(f"train_{name}", snakemake.log[0] if rank == 0 else None, snakemake.resources.get("attempt"))
 if rank != 0:
     log.setLevel(logging.WARNING)  # rank 0 speaks for the job
 exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)

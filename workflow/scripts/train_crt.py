@@ -12,7 +12,7 @@ from balanced_experts.models import load_model, save_checkpoint
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.training import NonFiniteLoss, TrainSettings, fit
 
-log = get_logger("train_crt", snakemake.log[0])
+log = get_logger("train_crt", snakemake.log[0], snakemake.resources.get("attempt"))
 exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
