@@ -223,3 +223,19 @@ def load_model(path: str | Path) -> tuple[LongTailNet, dict]:
         raise ArtifactError(path, f"its tensors do not fit the model its metadata describes ({problem})") from None
     return model, meta
 
+
+def resume_checkpoint_path(weights_path: str | Path) -> Path:
+    """Where the training of ``weights_path`` keeps its epoch checkpoint: beside it, not a
+    declared output, so that Snakemake leaves it in place when the job fails or is cancelled."""
+    return Path(weights_path).with_name("resume.pt")
+
+
+def discard_resume_checkpoint(weights_path: str | Path) -> bool:
+    """Remove the epoch checkpoint kept beside ``weights_path`` once those weights are safe:
+    call it from a job that reads them, which Snakemake starts only after it has accepted
+    them. Until then the checkpoint restores them in seconds if Snakemake discards them
+    (see :func:`balanced_experts.training.fit`). Returns whether there was one."""
+    path = resume_checkpoint_path(weights_path)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed

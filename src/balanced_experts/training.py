@@ -8,7 +8,8 @@ The epoch checkpoint holds everything the next epoch depends on (model, optimize
 schedule, the shuffling/augmentation generator, the global torch RNG, best-so-far state,
 metrics rows), so a run killed after epoch k and resumed is bit-identical on the CPU to
 one that was never interrupted. It carries a fingerprint of the run's settings and inputs
-and is ignored when that differs.
+and is ignored when that differs. Once training has finished it keeps the best weights,
+which a rerun restores instead of training again.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ def fit(
 
     With ``resume_path``, the state after every epoch is saved there (atomically), and a
     checkpoint found there with the same ``fingerprint`` (see :func:`run_fingerprint`)
-    is resumed from. The caller removes it once the final weights are safely written.
+    is resumed from. After the last epoch it keeps only the best weights and the metrics
+    rows, and stays: a run that finds it returns them without training again (the rerun
+    after Snakemake discarded a finished job's outputs). It is removed once the weights
+    are accepted (:func:`balanced_experts.models.discard_resume_checkpoint`).
 
     ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
     through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
@@ -199,16 +203,20 @@ def fit(
     resume_path = Path(resume_path) if resume_path is not None else None
     resumed = _load_resume_state(resume_path, fingerprint, name, log)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        generator.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
         best_acc, best_epoch, best_state = resumed["best_acc"], resumed["best_epoch"], resumed["best_state"]
         rows, stopped = resumed["rows"], resumed["stopped"]
         first_epoch = resumed["epoch"] + 1
-        log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
-            f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
+        if stopped:
+            log(f"{name}: training had finished ({resumed['epoch']} epochs, best {best_acc:.2f}% @ "
+                f"{best_epoch}): its weights are restored from {resume_path}, no epoch runs again")
+        else:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            generator.set_state(resumed["generator"])
+            torch.set_rng_state(resumed["torch_rng"])
+            log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
+                f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
 
     # Rewritten from the kept rows, so a resumed run never repeats an epoch's row.
     metrics_path = Path(metrics_path)
@@ -285,13 +293,16 @@ def fit(
             log(f"{name}: no better val accuracy for {settings.patience} epochs, stopping at epoch {epoch}")
             stopped = True
         if resume_path is not None:
-            save_torch_file({
-                "fingerprint": fingerprint, "epoch": epoch, "stopped": stopped,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "best_acc": best_acc,
-                "best_epoch": best_epoch, "best_state": best_state, "rows": rows,
-            }, resume_path)
+            # After the last epoch only the best weights and the metrics rows are kept (the
+            # size of the weights file): all a rerun needs to restore the result in seconds.
+            finished = stopped or epoch == settings.epochs
+            state = {"fingerprint": fingerprint, "epoch": epoch, "stopped": finished, "best_acc": best_acc,
+                     "best_epoch": best_epoch, "best_state": best_state, "rows": rows}
+            if not finished:
+                state.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), generator=generator.get_state(),
+                             torch_rng=torch.get_rng_state())
+            save_torch_file(state, resume_path)
         if world_size > 1:
             _stop_flag_from_rank_0(stopped, device)
         if stopped:

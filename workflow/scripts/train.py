@@ -6,7 +6,6 @@ rank 0 writes the log, metrics, epoch checkpoint and weights.
 """
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from balanced_experts.distributed import (epoch_shard, join_process_group, leave
                                           relaunch_under_torchrun, under_torchrun)
 from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
-from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.models import build_model, load_model, resume_checkpoint_path, save_checkpoint, set_learnable
 from balanced_experts.pretrained import PretrainedWeightsError, load_trunk_weights
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.splits import read_class_table, split_class_ids
@@ -124,9 +123,9 @@ else:
                                     True, device, generator)
 
     steps_per_epoch = -(-len(train_source) // settings.batch_size)
-# The epoch checkpoint lies beside the outputs but is not one, so Snakemake keeps it when
-# the job dies; it is resumed only by a run of the same params, inputs and code.
-resume_path = Path(snakemake.output.weights).with_name("resume.pt")
+# The epoch checkpoint is resumed only by a run of the same params, inputs and code. It stays
+# after the weights are written, until a job that reads them removes it (see fit).
+resume_path = resume_checkpoint_path(snakemake.output.weights)
 fingerprint = run_fingerprint({"model": name, **dict(snakemake.params.items())}, snakemake.input)
 result = fit(
     model,
@@ -158,5 +157,4 @@ meta = {
     **extra_meta,
 }
 save_checkpoint(snakemake.output.weights, model, meta)
-resume_path.unlink(missing_ok=True)  # only now: until the weights exist, it is the only copy
 log.info(f"wrote {snakemake.output.weights}")
