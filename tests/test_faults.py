@@ -112,7 +112,7 @@ def test_files_of_the_right_format_but_not_ours_are_named(tmp_path):
     with pytest.raises(ArtifactError, match="a Parquet file, but not logits of this workflow"):
         read_logits(tmp_path / "val.parquet")
     np.save(tmp_path / "val.npy", np.zeros((4, 3, 8, 8)))
-    with pytest.raises(ArtifactError, match=r"holds float64 \(4, 3, 8, 8\), not the uint8"):
+    with pytest.raises(ArtifactError, match=r"holds float64 \(4, 3, 8, 8\), not the uint8 \(N, 3, 8, 8\) images"):
         read_image_cache(tmp_path / "val.npy", None, 8)
 
 

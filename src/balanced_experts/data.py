@@ -155,8 +155,9 @@ def read_image_cache(path: str | Path, image_list: ImageList | None, size: int) 
         pixels = np.load(path, mmap_mode="r", allow_pickle=False)
     if not isinstance(pixels, np.ndarray):  # np.load opens a zip file too
         raise unreadable(path, ".npy array")
-    expected = (len(image_list) if image_list is not None else len(pixels), 3, size, size)
-    if pixels.shape != expected or pixels.dtype != np.uint8:
+    rows = len(image_list) if image_list is not None else (pixels.shape[0] if pixels.ndim else -1)
+    if pixels.shape != (rows, 3, size, size) or pixels.dtype != np.uint8:
+        expected = f"({rows if image_list is not None else 'N'}, 3, {size}, {size})"
         of = f" of {image_list.source}" if image_list is not None else ""
         raise ArtifactError(path, f"holds {pixels.dtype} {pixels.shape}, not the uint8 {expected} images{of}")
     return pixels
