@@ -223,7 +223,8 @@ def replacing(path: str | Path, suffix: str = ".tmp"):
             yield tmp
             tmp.replace(path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (a read-only file system refuses even this)
+                tmp.unlink(missing_ok=True)
             raise
 
 
