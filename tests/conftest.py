@@ -122,6 +122,13 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900)
     return result
 
 
+def last_attempt(log: str) -> str:
+    """The part of a job's log written by its last attempt: from its last header line on
+    (a job's log keeps every attempt, each starting with a ``===== <date> <job>: ...`` line)."""
+    headers = [m.start() for m in re.finditer(r"(?m)^\S+ ===== \d{4}-\d\d-\d\d ", log)]
+    return log[headers[-1]:] if headers else log
+
+
 _JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):\s*$")
 
 

@@ -6,6 +6,7 @@ from PIL import Image
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.runtime import ArtifactError
 from balanced_experts.synthetic import SyntheticSpec, generate, long_tail_counts
 
 BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}
@@ -239,7 +240,8 @@ def test_image_cache_holds_the_decoded_pixels_memory_mapped(small_root, tmp_path
                                   cached.batches(positions, subset.labels, 8, True, torch.device("cpu"),
                                                  torch.Generator().manual_seed(0))):
             assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="image cache"):
+    with pytest.raises(ArtifactError, match=fr"holds uint8 \({len(image_list)}, 3, 16, 16\), not the uint8 "
+                                            fr"\({len(rows)}, 3, 16, 16\) images"):
         read_image_cache(cache, image_list.subset(rows), 16)
 
 

@@ -15,7 +15,9 @@ Two paths serve every dataset:
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .lists import ImageList
+from .runtime import ArtifactError, reading, replacing, unreadable
 
 # torchvision is imported where the file path needs it, not here: importing it costs
 # 1.5 s per job (it pulls in torch._dynamo), and the preloaded datasets never use it.
@@ -119,30 +122,46 @@ def write_image_cache(root: str | Path, image_list: ImageList, size: int, path: 
     """Decode a split once into a ``.npy`` file (N x 3 x size x size uint8, list order).
 
     Written through a memory map, so the array never has to fit in memory twice, and
-    atomically, so a killed job leaves no truncated cache behind.
+    atomically, so a failed or killed job leaves no truncated cache behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_list), 3, size, size))
-    try:
-        decode_all(Path(root), image_list, size, out)
-        out.flush()
-    except BaseException:
-        del out
-        tmp.unlink(missing_ok=True)  # an unreadable image must not leave a half-written cache
-        raise
-    del out
-    tmp.replace(path)
+    with replacing(path, suffix=".tmp.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_list), 3, size, size))
+        try:
+            _reserve_space(tmp)
+            decode_all(Path(root), image_list, size, out)
+            out.flush()
+        finally:
+            del out
 
 
-def read_image_cache(path: str | Path, image_list: ImageList, size: int) -> np.ndarray:
-    """The cache of a split, memory-mapped read-only: pages are shared by every job reading it."""
-    pixels = np.load(path, mmap_mode="r")
-    expected = (len(image_list), 3, size, size)
-    if pixels.shape != expected or pixels.dtype != np.uint8:
-        raise ValueError(f"image cache {path} holds {pixels.dtype} {pixels.shape}, expected uint8 {expected} "
-                         f"for {image_list.source}; delete it to rebuild")
+def _reserve_space(path: Path) -> None:
+    """Allocate the blocks of a memory-mapped file up front: a full disk then fails here
+    with ENOSPC, not with a SIGBUS crash when a page of the map is first written."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as error:
+                if error.errno == errno.ENOSPC:
+                    raise
+                # else a file system that cannot allocate ahead: blocks come as pages are written
+
+
+def read_image_cache(path: str | Path, image_list: ImageList | None, size: int) -> np.ndarray:
+    """The cache of a split, memory-mapped read-only: pages are shared by every job reading it.
+
+    Checked against the split (``image_list``; None: any number of images): an
+    :class:`ArtifactError` names a damaged cache or one of other images, and the fix.
+    """
+    with reading(path, ".npy array"):
+        pixels = np.load(path, mmap_mode="r", allow_pickle=False)
+    if not isinstance(pixels, np.ndarray):  # np.load opens a zip file too
+        raise unreadable(path, ".npy array")
+    rows = len(image_list) if image_list is not None else (pixels.shape[0] if pixels.ndim else -1)
+    if pixels.shape != (rows, 3, size, size) or pixels.dtype != np.uint8:
+        expected = f"({rows if image_list is not None else 'N'}, 3, {size}, {size})"
+        of = f" of {image_list.source}" if image_list is not None else ""
+        raise ArtifactError(path, f"holds {pixels.dtype} {pixels.shape}, not the uint8 {expected} images{of}")
     return pixels
 
 
@@ -168,10 +187,9 @@ class ImageSource:
                 source.pixels = read_image_cache(cache, image_list, spec.size)
             else:
                 rows = np.asarray(cache_rows)
-                full = np.load(cache, mmap_mode="r")
-                if full.ndim != 4 or full.shape[1:] != (3, spec.size, spec.size) or (
-                        len(rows) and rows.max() >= len(full)):
-                    raise ValueError(f"image cache {cache} ({full.shape}) does not fit {image_list.source}")
+                full = read_image_cache(cache, None, spec.size)
+                if len(rows) and rows.max() >= len(full):
+                    raise ArtifactError(cache, f"holds {len(full)} images, fewer than {image_list.source} needs")
                 source.pixels = np.ascontiguousarray(full[rows])  # a subset: copied once, small
         elif spec.preload:
             size = spec.size

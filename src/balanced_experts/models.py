@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .runtime import ArtifactError, load_torch_file, save_torch_file
+
 
 class BasicBlock(nn.Module):
     """The two-3x3-conv residual block of torchvision's ResNet, with its attribute (and so
@@ -233,22 +235,45 @@ def train_mode(model: nn.Module, frozen_bn: str = "train") -> None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     """Write ``{"state_dict", "meta"}`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    tmp.replace(path)
+    save_torch_file({"state_dict": state, "meta": meta}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``{"state_dict", "meta"}`` of a weights file; :class:`ArtifactError` if it is none."""
+    checkpoint = load_torch_file(path)
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)
+            and isinstance(checkpoint.get("meta"), dict)):
+        raise ArtifactError(path, "a torch file, but not model weights of this workflow "
+                                  "(no 'state_dict' and 'meta')")
+    return checkpoint
 
 
 def load_model(path: str | Path) -> tuple[LongTailNet, dict]:
     """Rebuild a model from its checkpoint; returns ``(model, meta)``."""
     checkpoint = load_checkpoint(path)
     meta = checkpoint["meta"]
-    model = build_model(meta["backbone"], len(meta["output_class_ids"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = build_model(meta["backbone"], len(meta["output_class_ids"]))
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ArtifactError(path, f"its tensors do not fit the model its metadata describes ({problem})") from None
     return model, meta
+
+
+def resume_checkpoint_path(weights_path: str | Path) -> Path:
+    """Where the training of ``weights_path`` keeps its epoch checkpoint: beside it, not a
+    declared output, so that Snakemake leaves it in place when the job fails or is cancelled."""
+    return Path(weights_path).with_name("resume.pt")
+
+
+def discard_resume_checkpoint(weights_path: str | Path) -> bool:
+    """Remove the epoch checkpoint kept beside ``weights_path`` once those weights are safe:
+    call it from a job that reads them, which Snakemake starts only after it has accepted
+    them. Until then the checkpoint restores them in seconds if Snakemake discards them
+    (see :func:`balanced_experts.training.fit`). Returns whether there was one."""
+    path = resume_checkpoint_path(weights_path)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed

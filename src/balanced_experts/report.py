@@ -4,7 +4,6 @@ re-trained baselines, and the fused experts; per-class accuracies and test predi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 from . import DECOUPLED_METHODS, SPLIT_NAMES
 from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
-                          oracle_predictions)
+                          oracle_predictions, read_calibration)
 from .logits import check_aligned, read_logits
 from .metrics import (expected_calibration_error, four_fold_accuracy, negative_log_likelihood,
                       per_class_accuracy)
@@ -68,7 +67,7 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
     tn_tau, tn_val = choose_tau(lambda z, t: tau_normalised(z, weight, bias, t), val_base.logits, val_base.labels)
 
     # Fused experts.
-    state = torch.load(Path(calibration), map_location="cpu", weights_only=True)
+    state = read_calibration(calibration)
     missing = [n for n in state["experts"] if n not in test]
     if missing:
         raise ValueError(f"calibration covers experts {state['experts']}, but the test logits lack {missing}")

@@ -8,7 +8,8 @@ The epoch checkpoint holds everything the next epoch depends on (model, optimize
 schedule, the shuffling/augmentation generator, the global torch RNG, best-so-far state,
 metrics rows), so a run killed after epoch k and resumed is bit-identical on the CPU to
 one that was never interrupted. It carries a fingerprint of the run's settings and inputs
-and is ignored when that differs.
+and is ignored when that differs. Once training has finished it keeps the best weights,
+which a rerun restores instead of training again.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from .distributed import rank_and_world_size, sync_batchnorm_layers
 from .models import train_mode
-from .runtime import autocast
+from .runtime import ArtifactError, autocast, load_torch_file, save_torch_file, writing
 
 
 @dataclass(frozen=True)
@@ -83,20 +84,14 @@ def run_fingerprint(settings: dict, files=()) -> str:
     return digest.hexdigest()
 
 
-def _save_atomically(state: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> dict | None:
     """The epoch checkpoint at ``path`` if it belongs to this run, else None (and it is removed)."""
     if path is None or not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: start over rather than fail
-        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error}); starting from epoch 1")
+        state = load_torch_file(path)
+    except ArtifactError as error:  # a damaged or foreign file: start over rather than fail
+        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error.problem}); starting from epoch 1")
         path.unlink()
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
@@ -208,7 +203,10 @@ def fit(
 
     With ``resume_path``, the state after every epoch is saved there (atomically), and a
     checkpoint found there with the same ``fingerprint`` (see :func:`run_fingerprint`)
-    is resumed from. The caller removes it once the final weights are safely written.
+    is resumed from. After the last epoch it keeps only the best weights and the metrics
+    rows, and stays: a run that finds it returns them without training again (the rerun
+    after Snakemake discarded a finished job's outputs). It is removed once the weights
+    are accepted (:func:`balanced_experts.models.discard_resume_checkpoint`).
 
     ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
     through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
@@ -241,23 +239,27 @@ def fit(
     device = next(model.parameters()).device
     resumed = _load_resume_state_on_every_rank(resume_path, fingerprint, name, log, device)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        generator.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
         best_acc, best_epoch, best_state = resumed["best_acc"], resumed["best_epoch"], resumed["best_state"]
         rows, stopped = resumed["rows"], resumed["stopped"]
         first_epoch = resumed["epoch"] + 1
-        log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
-            f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
+        if stopped:
+            log(f"{name}: training had finished ({resumed['epoch']} epochs, best {best_acc:.2f}% @ "
+                f"{best_epoch}): its weights are restored from {resume_path}, no epoch runs again")
+        else:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            generator.set_state(resumed["generator"])
+            torch.set_rng_state(resumed["torch_rng"])
+            log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
+                f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
 
     # Rewritten from the kept rows, so a resumed run never repeats an epoch's row.
     metrics_path = Path(metrics_path)
     fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     if is_main:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with metrics_path.open("w", newline="") as handle:
+        with writing(metrics_path), metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerows([fields] + rows)
 
     # After resuming: DDP starts every rank from rank 0's weights and buffers.
@@ -325,19 +327,22 @@ def fit(
         row = [str(epoch), f"{train_loss:.6f}", f"{train_acc:.4f}", f"{val_loss:.6f}",
                f"{val_acc:.4f}", f"{lr:.8f}", f"{seconds:.3f}"]
         rows.append(row)
-        with metrics_path.open("a", newline="") as handle:
+        with writing(metrics_path), metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerow(row)
         if settings.patience is not None and epoch - best_epoch >= settings.patience:
             log(f"{name}: no better val accuracy for {settings.patience} epochs, stopping at epoch {epoch}")
             stopped = True
         if resume_path is not None:
-            _save_atomically({
-                "fingerprint": fingerprint, "epoch": epoch, "stopped": stopped,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "best_acc": best_acc,
-                "best_epoch": best_epoch, "best_state": best_state, "rows": rows,
-            }, resume_path)
+            # After the last epoch only the best weights and the metrics rows are kept (the
+            # size of the weights file): all a rerun needs to restore the result in seconds.
+            finished = stopped or epoch == settings.epochs
+            state = {"fingerprint": fingerprint, "epoch": epoch, "stopped": finished, "best_acc": best_acc,
+                     "best_epoch": best_epoch, "best_state": best_state, "rows": rows}
+            if not finished:
+                state.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), generator=generator.get_state(),
+                             torch_rng=torch.get_rng_state())
+            save_torch_file(state, resume_path)
         if world_size > 1:
             _flag_from_rank_0(stopped, device)
         if stopped:

@@ -14,5 +14,7 @@ rule calibrate:
         "results/{setting}/seed{seed}/logs/calibrate.log",
     benchmark:
         "results/{setting}/seed{seed}/benchmarks/calibrate.tsv"
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/calibrate.py"

@@ -73,6 +73,12 @@ wildcard_constraints:
     split=alternatives(DATA_SPLITS),
 
 
+def job_attempt(wildcards, attempt):
+    """Resource `attempt` of every rule: 1, then 2, ... when `--retries` runs a failed job
+    again. The stage writes it in the header line that starts each attempt in its log."""
+    return attempt
+
+
 def code(script, *modules):
     """A stage's program and the library modules it runs, declared as inputs.
 

@@ -6,6 +6,9 @@ rule synthetic_data:
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
         test="results/{dataset}/data/test.txt",
+        # Declared, so that Snakemake removes the images of a failed or unfinished run; the
+        # job itself writes them into a temporary folder that replaces this one whole.
+        images=directory("results/{dataset}/data/images"),
     params:
         synthetic=section("data", "synthetic"),
     wildcard_constraints:
@@ -14,6 +17,8 @@ rule synthetic_data:
         "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/synthetic_data.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/synthetic_data.py"
 
@@ -22,11 +27,12 @@ rule cifar_data:
     """CIFAR-10/100-LT from the local python archive: PNG images plus train/val/test lists."""
     input:
         archive=cifar_archive,
-        code=code("cifar_data", "cifar", "lists", "synthetic"),
+        code=code("cifar_data", "cifar", "lists", "runtime", "synthetic"),
     output:
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
         test="results/{dataset}/data/test.txt",
+        images=directory("results/{dataset}/data/images"),  # as in synthetic_data
     params:
         cifar=section("data", "cifar"),
     wildcard_constraints:
@@ -35,6 +41,8 @@ rule cifar_data:
         "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/cifar_data.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/cifar_data.py"
 
@@ -52,6 +60,8 @@ rule classes:
         "../envs/pytorch.yaml"
     log:
         "results/{setting}/logs/classes.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/classes.py"
 
@@ -72,6 +82,8 @@ rule image_cache:
         "results/{setting}/logs/image_cache_{split}.log",
     benchmark:
         "results/{setting}/benchmarks/image_cache_{split}.tsv"
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/image_cache.py"
 
@@ -91,5 +103,7 @@ rule resolved_config:
         settings=setting_config,
     log:
         "results/{setting}/logs/resolved_config.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/resolved_config.py"

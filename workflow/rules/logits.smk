@@ -19,6 +19,7 @@ rule logits:
     threads: EXECUTION.get("logits_threads", 1)
     resources:
         gpu=gpus_per_job(),
+        attempt=job_attempt,
     # Train-split logits feed no later stage (they are outputs for the user): val and test
     # logits, on the way to the calibration and the report, go first.
     priority: lambda wildcards: -1 if wildcards.split == "train" else 0

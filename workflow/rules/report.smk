@@ -36,6 +36,8 @@ rule report:
         "../envs/pytorch.yaml"
     log:
         "results/{setting}/seed{seed}/logs/report.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/report.py"
 
@@ -113,6 +115,8 @@ rule aggregate:
         "../envs/pytorch.yaml"
     log:
         "results/{setting}/logs/aggregate.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/aggregate.py"
 
@@ -142,5 +146,7 @@ rule compare:
         "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/compare.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/compare.py"

@@ -27,6 +27,7 @@ rule train_base:
     threads: EXECUTION.get("train_threads", 2)
     resources:
         gpu=gpus_per_job(),
+        attempt=job_attempt,
     script:
         "../scripts/train.py"
 
@@ -56,6 +57,7 @@ rule train_expert:
     threads: EXECUTION.get("expert_threads", 1)
     resources:
         gpu=gpus_per_job(),
+        attempt=job_attempt,
     # The many-shot expert trains on the most images (most of a long-tailed train set):
     # started first, it is not the last job to end while the other cores sit idle.
     priority: lambda wildcards: EXPERT_PRIORITY[wildcards.expert]
@@ -88,5 +90,6 @@ rule train_decoupled:
     threads: EXECUTION.get("expert_threads", 1)
     resources:
         gpu=gpus_per_job(),
+        attempt=job_attempt,
     script:
         "../scripts/train_decoupled.py"

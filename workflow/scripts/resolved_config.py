@@ -2,11 +2,12 @@
 
 import yaml
 
-from balanced_experts.runtime import get_logger
+from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 
-log = get_logger("resolved_config", snakemake.log[0])
+log = get_logger("resolved_config", snakemake.log[0], snakemake.resources.get("attempt"))
+exit_briefly_on(log)
 settings = dict(snakemake.params.settings)
-with open(snakemake.output.config, "w") as handle:
+with writing(snakemake.output.config), open(snakemake.output.config, "w") as handle:
     handle.write(f"# The settings of results/{snakemake.wildcards.setting}/ as the workflow ran them:\n"
                  "# config.yaml's defaults, the dataset's section and (for a variant) the variant's,\n"
                  "# merged. Replicate k trains with every model's seed + 1000 k.\n")

@@ -3,8 +3,6 @@
 One process; see balanced_experts.decoupled for what is trained and how.
 """
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -13,12 +11,12 @@ from balanced_experts.decoupled import (DecoupledSettings, as_linear, class_awar
                                         steps_per_epoch, tensor_batches)
 from balanced_experts.lists import ListFormatError, read_list
 from balanced_experts.logits import predict
-from balanced_experts.models import load_model, save_checkpoint, set_learnable_modules
+from balanced_experts.models import load_model, resume_checkpoint_path, save_checkpoint, set_learnable_modules
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, run_fingerprint
 
 method = snakemake.wildcards.method
-log = get_logger(f"train_{method}", snakemake.log[0])
+log = get_logger(f"train_{method}", snakemake.log[0], snakemake.resources.get("attempt"))
 exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
@@ -82,7 +80,9 @@ else:
         return tensor_batches(features["val"], labels["val"], torch.arange(len(labels["val"])), eval_batch, device)
 
 # 3. Train (best val epoch kept), then save as a plain model: LWS's scales folded into the classifier.
-resume_path = Path(snakemake.output.weights).with_name("resume.pt")
+# The epoch checkpoint stays after the weights are written, until a job that reads them
+# removes it (see fit).
+resume_path = resume_checkpoint_path(snakemake.output.weights)
 result = fit(
     trained,
     parameters,
@@ -104,5 +104,4 @@ extra = {"lws_scales": [float(s) for s in head.scales.detach().cpu()]} if method
 save_checkpoint(snakemake.output.weights, model,
                 {**meta, "model": method, "features": options.features, "best_epoch": int(result["best_epoch"]),
                  "best_val_acc": float(result["best_val_acc"]), **extra})
-resume_path.unlink(missing_ok=True)  # only now: until the weights exist, it is the only copy
 log.info(f"wrote {snakemake.output.weights}")
