@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -176,6 +176,122 @@ def _flag_from_rank_0(value: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+@dataclass
+class _Progress:
+    """What the epochs so far have left: the best epoch, the metrics rows, whether training
+    has stopped. The epoch checkpoint holds it."""
+
+    epoch: int = 0  # the last finished epoch
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    rows: list[list[str]] = field(default_factory=list)  # the metrics CSV rows so far
+    stopped: bool = False
+
+
+def _resume(path: Path | None, fingerprint: str, name: str, log, device: torch.device, model: nn.Module,
+            optimizer, scheduler, generator: torch.Generator, settings: TrainSettings) -> _Progress:
+    """The progress of the epoch checkpoint at ``path`` if it belongs to this run (model,
+    optimizer, schedule and generators restored to the end of its last epoch), else a fresh start."""
+    state = _load_resume_state_on_every_rank(path, fingerprint, name, log, device)
+    if state is None:
+        return _Progress()
+    progress = _Progress(state["epoch"], state["best_acc"], state["best_epoch"], state["best_state"],
+                         state["rows"], state["stopped"])
+    if progress.stopped:
+        log(f"{name}: training had finished ({progress.epoch} epochs, best {progress.best_acc:.2f}% @ "
+            f"{progress.best_epoch}): its weights are restored from {path}, no epoch runs again")
+        return progress
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    log(f"{name}: resuming from epoch {progress.epoch} of {settings.epochs} "
+        f"(best {progress.best_acc:.2f}% @ {progress.best_epoch}), checkpoint {path}")
+    return progress
+
+
+def _start_metrics_file(path: Path, rows: list[list[str]]) -> None:
+    """The metrics CSV with the rows kept so far: a resumed run never repeats an epoch's row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path), path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([METRICS_FIELDS] + rows)
+
+
+def _append_metrics_row(path: Path, row: list[str]) -> None:
+    with writing(path), path.open("a", newline="") as handle:
+        csv.writer(handle).writerow(row)
+
+
+def _forward_passes(model: nn.Module, device: torch.device, world_size: int, compile: bool,
+                    sync_batchnorm: bool, name: str, log) -> tuple[Callable, Callable]:
+    """``(validation forward, training forward)`` of ``model``, after any resume: DDP starts
+    every rank from rank 0's weights and buffers.
+
+    torch.compile wraps the plain model: it serves validation, and training when there is
+    one process; under several, training goes through the DDP wrapper (gradient averaging).
+    """
+    if world_size > 1:
+        converted = sync_batchnorm_layers(model, device, enabled=sync_batchnorm)
+        if converted:
+            log(f"{name}: {converted} BatchNorm layers use the statistics of the global batch "
+                f"over {world_size} processes (SyncBatchNorm)")
+    forward = torch.compile(model) if compile else model
+    if world_size == 1:
+        return forward, forward
+    return forward, nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def train_one_epoch(network: Callable, batches: Iterable, optimizer, scheduler, amp: bool, name: str,
+                    epoch: int) -> tuple[float, int, int]:
+    """One pass of SGD over ``batches`` through ``network``: ``(summed loss, correct, images)``.
+    A NaN or infinite loss stops the run (:class:`NonFiniteLoss`)."""
+    criterion = nn.CrossEntropyLoss()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        with autocast(x.device, amp):
+            logits = network(x)
+            loss = criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"{name}: training loss is {loss.item()} at epoch {epoch} "
+                f"(lr {optimizer.param_groups[0]['lr']:.6g}); the run diverged: lower the lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        count += len(y)
+    return loss_sum, correct, count
+
+
+def _summed_over_ranks(totals: tuple, device: torch.device, world_size: int) -> tuple:
+    """``totals`` summed over every rank's shard (unchanged with one process)."""
+    if world_size == 1:
+        return totals
+    summed = torch.tensor(totals, dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return tuple(summed.tolist())
+
+
+def _save_epoch_checkpoint(path: Path, fingerprint: str, progress: _Progress, finished: bool, model: nn.Module,
+                           optimizer, scheduler, generator: torch.Generator) -> None:
+    """The state after an epoch. After the last one only the best weights and the metrics rows
+    are kept (the size of the weights file): all a rerun needs to restore the result in seconds."""
+    state = {"fingerprint": fingerprint, "epoch": progress.epoch, "stopped": finished,
+             "best_acc": progress.best_acc, "best_epoch": progress.best_epoch, "best_state": progress.best_state,
+             "rows": progress.rows}
+    if not finished:
+        state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     generator=generator.get_state(), torch_rng=torch.get_rng_state())
+    save_torch_file(state, path)
+
+
 def fit(
     model: nn.Module,
     parameters: list[nn.Parameter],
@@ -223,132 +339,74 @@ def fit(
     """
     rank, world_size = rank_and_world_size()
     is_main = rank == 0
-    if not is_main:
-        log = _silent
+    log = log if is_main else _silent
+    device = next(model.parameters()).device
+    metrics_path = Path(metrics_path)
+    resume_path = Path(resume_path) if resume_path is not None else None
     optimizer = torch.optim.SGD(
         parameters, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
     )
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch)
-    generator = torch.Generator().manual_seed(settings.seed)
-    criterion = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(settings.seed)  # shuffling and augmentation
 
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    rows: list[list[str]] = []  # the metrics CSV rows so far, also kept in the epoch checkpoint
-    first_epoch, stopped = 1, False
-    resume_path = Path(resume_path) if resume_path is not None else None
-    device = next(model.parameters()).device
-    resumed = _load_resume_state_on_every_rank(resume_path, fingerprint, name, log, device)
-    if resumed is not None:
-        best_acc, best_epoch, best_state = resumed["best_acc"], resumed["best_epoch"], resumed["best_state"]
-        rows, stopped = resumed["rows"], resumed["stopped"]
-        first_epoch = resumed["epoch"] + 1
-        if stopped:
-            log(f"{name}: training had finished ({resumed['epoch']} epochs, best {best_acc:.2f}% @ "
-                f"{best_epoch}): its weights are restored from {resume_path}, no epoch runs again")
-        else:
-            model.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            generator.set_state(resumed["generator"])
-            torch.set_rng_state(resumed["torch_rng"])
-            log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
-                f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
-
-    # Rewritten from the kept rows, so a resumed run never repeats an epoch's row.
-    metrics_path = Path(metrics_path)
-    fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    # Resume where an epoch checkpoint of this run left off; start the metrics file from its rows.
+    progress = _resume(resume_path, fingerprint, name, log, device, model, optimizer, scheduler, generator,
+                       settings)
     if is_main:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with writing(metrics_path), metrics_path.open("w", newline="") as handle:
-            csv.writer(handle).writerows([fields] + rows)
+        _start_metrics_file(metrics_path, progress.rows)
+    forward, network = _forward_passes(model, device, world_size, compile, sync_batchnorm, name, log)
 
-    # After resuming: DDP starts every rank from rank 0's weights and buffers.
-    if world_size > 1:
-        converted = sync_batchnorm_layers(model, device, enabled=sync_batchnorm)
-        if converted:
-            log(f"{name}: {converted} BatchNorm layers use the statistics of the global batch "
-                f"over {world_size} processes (SyncBatchNorm)")
-    # torch.compile wraps the plain model: it serves validation, and training when there is
-    # one process; under several, training goes through the DDP wrapper (gradient averaging).
-    forward = torch.compile(model) if compile else model
-    network = forward
-    if world_size > 1:
-        network = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None)
-
-    epoch = first_epoch - 1
-    last_epoch = epoch if stopped else settings.epochs  # a resumed run may have stopped early
+    first_epoch = progress.epoch + 1
+    last_epoch = progress.epoch if progress.stopped else settings.epochs  # a resumed run may have stopped early
     started = time.perf_counter()
     for epoch in range(first_epoch, last_epoch + 1):
+        # Train one epoch (under DDP: this rank's shard, the totals summed over the ranks).
         epoch_start = time.perf_counter()
         train_mode(model, settings.frozen_bn)
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum, correct, count = 0.0, 0, 0
-        for x, y in train_batches(generator):
-            with autocast(x.device, amp):
-                logits = network(x)
-                loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"{name}: training loss is {loss.item()} at epoch {epoch} "
-                    f"(lr {optimizer.param_groups[0]['lr']:.6g}); the run diverged: lower the lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            count += len(y)
-        if world_size > 1:
-            totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64, device=device)
-            dist.all_reduce(totals)
-            loss_sum, correct, count = totals.tolist()
+        totals = train_one_epoch(network, train_batches(generator), optimizer, scheduler, amp, name, epoch)
+        loss_sum, correct, count = _summed_over_ranks(totals, device, world_size)
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+        progress.epoch = epoch
         if not is_main:
             # Rank 0 decides (its validation, its BatchNorm statistics); the others follow.
-            stopped = _flag_from_rank_0(False, device)
-            if stopped:
+            if _flag_from_rank_0(False, device):
                 break
             continue
+
+        # Validate; keep the best epoch's weights.
         val_loss, val_acc = evaluate(model, val_batches(), amp, forward)
         seconds = time.perf_counter() - epoch_start
+        if val_acc > progress.best_acc:
+            progress.best_acc, progress.best_epoch = val_acc, epoch
+            progress.best_state = copy.deepcopy(model.state_dict())
 
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        elapsed = time.perf_counter() - started
-        remaining = (settings.epochs - epoch) * elapsed / (epoch - first_epoch + 1)
+        # Log the epoch and add its metrics row.
+        remaining = (settings.epochs - epoch) * (time.perf_counter() - started) / (epoch - first_epoch + 1)
         log(
             f"{name} epoch {epoch}/{settings.epochs} loss {train_loss:.4f} "
             f"train_acc {train_acc:.2f}% val_loss {val_loss:.4f} val_acc {val_acc:.2f}% "
-            f"(best {best_acc:.2f}% @ {best_epoch}) lr {lr:.5f} {seconds:.1f}s "
+            f"(best {progress.best_acc:.2f}% @ {progress.best_epoch}) lr {lr:.5f} {seconds:.1f}s "
             f"ETA {_format_seconds(remaining)}"
         )
         row = [str(epoch), f"{train_loss:.6f}", f"{train_acc:.4f}", f"{val_loss:.6f}",
                f"{val_acc:.4f}", f"{lr:.8f}", f"{seconds:.3f}"]
-        rows.append(row)
-        with writing(metrics_path), metrics_path.open("a", newline="") as handle:
-            csv.writer(handle).writerow(row)
-        if settings.patience is not None and epoch - best_epoch >= settings.patience:
+        progress.rows.append(row)
+        _append_metrics_row(metrics_path, row)
+
+        # Stop on patience; save the epoch checkpoint; tell the other ranks whether to go on.
+        if settings.patience is not None and epoch - progress.best_epoch >= settings.patience:
             log(f"{name}: no better val accuracy for {settings.patience} epochs, stopping at epoch {epoch}")
-            stopped = True
+            progress.stopped = True
         if resume_path is not None:
-            # After the last epoch only the best weights and the metrics rows are kept (the
-            # size of the weights file): all a rerun needs to restore the result in seconds.
-            finished = stopped or epoch == settings.epochs
-            state = {"fingerprint": fingerprint, "epoch": epoch, "stopped": finished, "best_acc": best_acc,
-                     "best_epoch": best_epoch, "best_state": best_state, "rows": rows}
-            if not finished:
-                state.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), generator=generator.get_state(),
-                             torch_rng=torch.get_rng_state())
-            save_torch_file(state, resume_path)
+            _save_epoch_checkpoint(resume_path, fingerprint, progress, progress.stopped or epoch == settings.epochs,
+                                   model, optimizer, scheduler, generator)
         if world_size > 1:
-            _flag_from_rank_0(stopped, device)
-        if stopped:
+            _flag_from_rank_0(progress.stopped, device)
+        if progress.stopped:
             break
 
-    log(f"{name}: best val_acc {best_acc:.2f}% at epoch {best_epoch}, "
+    log(f"{name}: best val_acc {progress.best_acc:.2f}% at epoch {progress.best_epoch}, "
         f"{_format_seconds(time.perf_counter() - started)} in all")
-    return {"state_dict": best_state, "best_epoch": best_epoch, "best_val_acc": best_acc,
-            "epochs_run": epoch}
+    return {"state_dict": progress.best_state, "best_epoch": progress.best_epoch, "best_val_acc": progress.best_acc,
+            "epochs_run": progress.epoch}
