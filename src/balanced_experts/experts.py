@@ -15,6 +15,20 @@ REJECT = -1
 
 
 @dataclass(frozen=True)
+class ExpertSettings:
+    """What an ``experts.<split>`` config section adds to its training settings
+    (:class:`balanced_experts.training.TrainSettings`); the schema requires the first two."""
+
+    open_ratio: float  # in-split training images per reject image
+    num_learnable: int  # -1 all, 1 the classifier, 2 + fc, k >= 3 + the last k - 2 backbone stages
+    reject_sampling: str = "images"  # "images" | "classes": see sample_reject
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ExpertSettings":
+        return cls(**{k: v for k, v in cfg.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class ExpertSet:
     """Entries of a list file chosen for an expert, with the targets it is trained on."""
 

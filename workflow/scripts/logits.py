@@ -1,9 +1,9 @@
 """Stage: logits of one model on one data split, in list order, as Parquet."""
 
 import numpy as np
-import torch
 
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.execution import ExecutionSettings
 from balanced_experts.lists import ListFormatError, check_labels_in_range, read_list
 from balanced_experts.logits import LogitsTable, predict, write_logits
 from balanced_experts.models import discard_resume_checkpoint, load_model
@@ -12,8 +12,8 @@ from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device
 model_name, split = snakemake.wildcards.model, snakemake.wildcards.split
 log = get_logger(f"logits_{model_name}_{split}", snakemake.log[0], snakemake.resources.get("attempt"))
 exit_briefly_on(log, ListFormatError, ImageFileError)
-execution = snakemake.config.get("execution", {})
-device = resolve_device(execution.get("device", "auto"))
+execution = ExecutionSettings.from_config(snakemake.config.get("execution"))
+device = resolve_device(execution.device)
 setup_torch(snakemake.threads, 0, device)
 
 model, meta = load_model(snakemake.input.weights)
@@ -22,12 +22,11 @@ image_list = read_list(snakemake.input.images)
 check_labels_in_range(image_list, meta["num_classes"])
 spec = InputSpec.from_config(snakemake.params.input, default_workers=snakemake.threads)
 source = ImageSource.open(snakemake.params.root, image_list, spec, cache=snakemake.input.cache or None,
-                          decode_on_device=bool(execution.get("decode_on_device", False)))
+                          decode_on_device=execution.decode_on_device)
 positions = np.arange(len(image_list))
-batches = source.batches(positions, image_list.labels, int(execution.get("eval_batch_size", 512)),
-                         False, device)
+batches = source.batches(positions, image_list.labels, execution.eval_batch_size, False, device)
 logits = predict(model, batches, len(image_list), len(meta["output_class_ids"]),
-                 amp=bool(execution.get("amp", True)), compile=bool(execution.get("compile", False)))
+                 amp=execution.amp, compile=execution.compile)
 
 table = LogitsTable(
     logits=logits,
