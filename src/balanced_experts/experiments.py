@@ -79,8 +79,9 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def _slice(settings: dict, path: tuple[str, ...], key: str | None):
-    """One slice of a setting's config; {} where the config leaves it out."""
+def config_slice(settings: dict, path: tuple[str, ...], key: str | None = None):
+    """One slice of a setting's config, at key ``path`` ("{key}" in it stands for ``key``);
+    {} where the config leaves it out."""
     value = settings
     for part in path:
         part = part.format(key=key)
@@ -113,7 +114,7 @@ class Experiments:
         """The params of ``stage``'s job for ``setting``, replicate ``seed`` and ``key`` (its
         expert or model): its config slices, the training seed derived from the replicate."""
         spec = STAGES[stage]
-        params = {name: _slice(self.settings[setting], path, key) for name, path in spec.slices.items()}
+        params = {name: config_slice(self.settings[setting], path, key) for name, path in spec.slices.items()}
         if spec.trains and seed:
             params["train"] = {**params["train"], "seed": replicate_seed(params["train"].get("seed", 0), seed)}
         return params

@@ -1,25 +1,42 @@
+import ast
 import functools
-import glob
 import os
 import re
 import sys
 from pathlib import Path
 
-# Stage programs import the library from src/ of this checkout, installed or not.
-_SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+# Stage programs import the library from src/ of this checkout, installed or not: it goes
+# first on their PYTHONPATH, which `envvars` also passes on to jobs on other machines ...
+_SRC = Path(workflow.basedir) / "src"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_SRC), os.environ.get("PYTHONPATH")) if p)
+
+
+envvars:
+    "PYTHONPATH",
+
+
 # ... and so does this process, to check the config and a dataset's list files while building the DAG.
-sys.path.insert(0, _SRC)
+sys.path.insert(0, str(_SRC))
 
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
-from balanced_experts.configuration import (ConfigError, check_config, parse_setting,  # noqa: E402
-                                            setting_key)
-from balanced_experts.experiments import (EXPERTS, MODELS, STAGES, Experiments,  # noqa: E402
-                                          training_stage)
 from balanced_experts import DATA_SPLITS, DECOUPLED_METHODS  # noqa: E402
-from balanced_experts.lists import (ListFormatError, check_labels_cover,  # noqa: E402
-                                    check_labels_in_range, read_list)
+from balanced_experts.configuration import ConfigError, check_config, parse_setting, setting_key  # noqa: E402
+from balanced_experts.execution import ExecutionSettings  # noqa: E402
+from balanced_experts.experiments import (  # noqa: E402
+    EXPERTS,
+    MODELS,
+    STAGES,
+    Experiments,
+    config_slice,
+    training_stage,
+)
+from balanced_experts.lists import (  # noqa: E402
+    ListFormatError,
+    check_labels_cover,
+    check_labels_in_range,
+    read_list,
+)
 
 # Before any job runs. snakemake.utils.validate would print the whole jsonschema dump;
 # check_config names the key path and the allowed values in one line, and also checks
@@ -33,27 +50,34 @@ except ConfigError as error:
 # `<dataset>/variants/<variant>`) with its merged config; which stages a variant shares.
 EXPERIMENTS = Experiments.from_config(config)
 DATASETS = list(config["datasets"])
-# Start order of the experts when they compete for cores (higher first); see rule train_expert.
-EXPERT_PRIORITY = {"many": 2, "medium": 1, "few": 0}
-EXECUTION = config.get("execution", {})
+# Device, threads, precision: read at run time by the jobs; here, the rules' threads and GPUs.
+EXECUTION = ExecutionSettings.from_config(config.get("execution"))
+# The `gpu` resource of the training and logits jobs when no profile sets it: 1 when a job
+# may use CUDA, 0 when it runs on the CPU. The default profile caps the `gpu` resource at 1,
+# so that two jobs never share this machine's GPU; jobs that ask for 0 are not held back by
+# that cap, so a CPU-only run still trains the experts side by side. A cluster profile sets
+# the resource per rule instead.
+GPUS_PER_JOB = int(EXECUTION.may_use_cuda())
 
 
-def gpus_per_job():
-    """The `gpu` resource of the training and logits jobs when no profile sets it: 1 when
-    a job may use CUDA, 0 when it runs on the CPU.
-
-    The default profile caps the `gpu` resource at 1, so that two jobs never share this
-    machine's GPU; jobs that ask for 0 are not held back by that cap, so a CPU-only run
-    still trains the experts side by side. "May use CUDA": `execution.device` is cuda, or
-    it is auto and this machine has an NVIDIA device (a file check; importing torch here
-    would slow every parse). A cluster profile sets the resource per rule instead.
-    """
-    device = str(EXECUTION.get("device", "auto"))
-    if device.startswith("cuda"):
-        return 1
-    if device == "auto" and glob.glob("/dev/nvidia[0-9]*"):
-        return 1
-    return 0
+def default_targets():
+    """Of each default dataset: the report of its main settings and of each variant (with
+    their plots and resolved configs), the logits of every model on every split for every
+    seed, and, when the dataset has variants, the comparison."""
+    targets = []
+    for dataset in config.get("default_datasets", ["synthetic"]):
+        settings = [dataset, *EXPERIMENTS.variants(dataset)]
+        for setting in settings:
+            targets.append(f"results/{setting}/report.csv")
+            targets += [
+                f"{EXPERIMENTS.folder(setting, 'logits', seed, model)}/logits/{model}/{split}.parquet"
+                for seed in EXPERIMENTS.seeds(setting)
+                for model in MODELS
+                for split in DATA_SPLITS
+            ]
+        if len(settings) > 1:
+            targets.append(f"results/{dataset}/comparison.csv")
+    return list(dict.fromkeys(targets))
 
 
 def alternatives(names):
@@ -79,15 +103,62 @@ def job_attempt(wildcards, attempt):
     return attempt
 
 
-def code(script, *modules):
-    """A stage's program and the library modules it runs, declared as inputs.
+def code(script):
+    """A stage's program and the library modules it runs, declared as inputs: the files of
+    every `balanced_experts` module the program imports, of those they import, and so on.
 
     Snakemake reruns a `script:` rule whenever the script's mtime changes; the default
     profile turns that `code` trigger off and these inputs take its place: an edit
     changes their checksum and reruns the stage, a mere touch does not, and editing a
-    library module reruns exactly the stages that use it.
+    library module reruns exactly the stages that run it. Read from the imports, the list
+    cannot drift from them.
     """
-    return [f"workflow/scripts/{script}.py"] + [f"src/balanced_experts/{m}.py" for m in modules]
+    program = f"workflow/scripts/{script}.py"
+    return [program, *library_closure(program)]
+
+
+@functools.cache
+def library_closure(path):
+    """The library files (relative paths, sorted) that the Python file ``path`` runs through
+    its imports, transitively: each imported module's file and the `__init__.py` of every
+    package above it, which importing the module runs too."""
+    found, todo = set(), [path]
+    while todo:
+        for name in _library_imports(todo.pop()):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                file = _module_file(parts[:depth])
+                if file and file not in found:
+                    found.add(file)
+                    todo.append(file)
+    return sorted(found)
+
+
+def _module_file(parts):
+    """The file under src/ of the module named ``parts`` (relative), or None: the name is
+    not a module (but a name imported from one)."""
+    stem = Path("src", *parts)
+    for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+        if (Path(workflow.basedir) / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+@functools.cache
+def _library_imports(path):
+    """Dotted names that the file ``path`` imports from the library, anywhere in it (at its
+    top or inside a function); of `from x import y`, both x and x.y (y may be a module)."""
+    tree = ast.parse((Path(workflow.basedir) / path).read_bytes(), path)
+    package = Path(path).parent.relative_to("src").parts if path.startswith("src/") else ()
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) + 1 - node.level] if node.level else ()
+            source = ".".join([*base, *([node.module] if node.module else [])])
+            names += [source, *(f"{source}.{alias.name}" for alias in node.names)]
+    return [name for name in names if name.split(".")[0] == "balanced_experts"]
 
 
 def dataset_of(wildcards):
@@ -115,9 +186,7 @@ def existing_path(setting, key, kind="file", hint=""):
     default (synthetic) run does not care whether the Places-LT root exists here. The
     error is one line naming the key and the path, before any job starts.
     """
-    value = EXPERIMENTS.settings[setting]
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+    value = config_slice(EXPERIMENTS.settings[setting], key.split("."))
     where = f"config key {setting_key(setting)}.{key}"
     if not value:
         raise WorkflowError(f"{where} is not set")
@@ -167,6 +236,7 @@ def check_list(dataset, split):
     starts, not a training job hours later. Train and val must cover 0..C-1, with C from
     the train list; test labels must lie in that range. Parsed once per file and version.
     """
+
     def parsed(which):
         path = Path(existing_path(dataset, f"data.{which}_list"))
         return _parsed_list(str(path), path.stat().st_mtime_ns)
@@ -184,9 +254,11 @@ def check_list(dataset, split):
 
 def cifar_archive(wildcards):
     """Input function: the local CIFAR python archive of a `cifar` dataset."""
-    return existing_path(wildcards.dataset, "data.cifar.archive",
-                         hint=" (cifar-100-python.tar.gz / cifar-10-python.tar.gz from "
-                              "https://www.cs.toronto.edu/~kriz/cifar.html)")
+    return existing_path(
+        wildcards.dataset,
+        "data.cifar.archive",
+        hint=" (cifar-100-python.tar.gz / cifar-10-python.tar.gz from " "https://www.cs.toronto.edu/~kriz/cifar.html)",
+    )
 
 
 def pretrained_weights(wildcards):
@@ -197,8 +269,11 @@ def pretrained_weights(wildcards):
     # Named by the variant's key only when the variant sets weights of its own.
     main = dataset_of(wildcards)
     named = main if EXPERIMENTS.settings[main]["backbone"].get("pretrained") == pretrained else wildcards.setting
-    return existing_path(named, "backbone.pretrained.path",
-                         hint=" (nothing is downloaded at run time; the README, Places-LT, says where to get it)")
+    return existing_path(
+        named,
+        "backbone.pretrained.path",
+        hint=" (nothing is downloaded at run time; the README, Places-LT, says where to get it)",
+    )
 
 
 def datasets_of_kind(kind):
@@ -261,6 +336,21 @@ def model_file(model, name):
     return lambda wildcards: model_path(wildcards.setting, wildcards.seed, model or wildcards.model, name)
 
 
+def replicate_files(path):
+    """Input function: ``path`` (under results/<setting>/seed<k>/) of every replicate of the
+    job's setting, in the order of its ``seeds``."""
+    return lambda wildcards: [
+        f"results/{wildcards.setting}/seed{k}/{path}" for k in EXPERIMENTS.seeds(wildcards.setting)
+    ]
+
+
+def model_file_of_every_replicate(model, name):
+    """Input function: a trained model's file ``name`` of every replicate of the job's setting."""
+    return lambda wildcards: [
+        model_path(wildcards.setting, k, model, name) for k in EXPERIMENTS.seeds(wildcards.setting)
+    ]
+
+
 def logits_file(model, split):
     """Input function: one model's logits on one split for the job's replicate."""
 
@@ -273,10 +363,4 @@ def logits_file(model, split):
 def section(*keys):
     """Params function: one slice of the job's merged config (and nothing else)."""
 
-    def _section(wildcards):
-        value = setting_config(wildcards)
-        for key in keys:
-            value = value.get(key, {}) if isinstance(value, dict) else {}
-        return value
-
-    return _section
+    return lambda wildcards: config_slice(setting_config(wildcards), keys)

@@ -4,24 +4,24 @@ rule logits:
         weights=model_file(None, "weights.pt"),
         images=lambda wildcards: list_file(wildcards.split)(wildcards),
         cache=lambda wildcards: image_cache(wildcards.split)(wildcards),
-        code=code("logits", "data", "lists", "logits", "models", "runtime"),
+        code=code("logits"),
     output:
         logits="results/{setting}/seed{seed}/logits/{model}/{split}.parquet",
-    params:
-        **stage_params("logits"),
-        root=image_root,
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{setting}/seed{seed}/logs/logits_{model}_{split}.log",
     benchmark:
         "results/{setting}/seed{seed}/benchmarks/logits_{model}_{split}.tsv"
-    threads: EXECUTION.get("logits_threads", 1)
-    resources:
-        gpu=gpus_per_job(),
-        attempt=job_attempt,
     # Train-split logits feed no later stage (they are outputs for the user): val and test
     # logits, on the way to the calibration and the report, go first.
     priority: lambda wildcards: -1 if wildcards.split == "train" else 0
+    conda:
+        "../envs/pytorch.yaml"
+    threads: EXECUTION.logits_threads
+    resources:
+        gpu=GPUS_PER_JOB,
+        attempt=job_attempt,
+    params:
+        **stage_params("logits"),
+        root=image_root,
     script:
         "../scripts/logits.py"

@@ -1,16 +1,3 @@
-def replicate_files(path):
-    """Input function: ``path`` (under results/<setting>/seed<k>/) of every replicate of the
-    job's setting, in the order of its ``seeds``."""
-    return lambda wildcards: [f"results/{wildcards.setting}/seed{k}/{path}"
-                              for k in EXPERIMENTS.seeds(wildcards.setting)]
-
-
-def model_file_of_every_replicate(model, name):
-    """Input function: a trained model's file ``name`` of every replicate of the job's setting."""
-    return lambda wildcards: [model_path(wildcards.setting, k, model, name)
-                              for k in EXPERIMENTS.seeds(wildcards.setting)]
-
-
 rule report:
     """One replicate's test accuracy (Many / Medium / Few / All), ECE and NLL of every method."""
     input:
@@ -22,8 +9,7 @@ rule report:
         experts=lambda wildcards: [logits_file(expert, "test")(wildcards) for expert in EXPERTS],
         calibration=lambda wildcards: f"{folder(wildcards, 'calibrate')}/calibration/calibration.pt",
         metrics=lambda wildcards: [model_file(model, "metrics.csv")(wildcards) for model in MODELS],
-        code=code("report", "report", "baselines", "calibration", "logits", "metrics", "models", "plots",
-                  "runtime", "splits"),
+        code=code("report"),
     output:
         report="results/{setting}/seed{seed}/report.csv",
         per_class="results/{setting}/seed{seed}/per_class.csv",
@@ -32,10 +18,10 @@ rule report:
         per_class_plot="results/{setting}/seed{seed}/plots/per_class_accuracy.png",
         reliability_plot="results/{setting}/seed{seed}/plots/reliability.png",
         training_plot="results/{setting}/seed{seed}/plots/training_curves.png",
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{setting}/seed{seed}/logs/report.log",
+    conda:
+        "../envs/pytorch.yaml"
     resources:
         attempt=job_attempt,
     script:
@@ -46,14 +32,14 @@ rule aggregate:
     """A setting's report over its seeds: mean and std per method and fold, and plots of the
     spread; its merged config beside it."""
     input:
+        **{f"metrics_{model}": model_file_of_every_replicate(model, "metrics.csv") for model in MODELS},
         reports=replicate_files("report.csv"),
         per_class=replicate_files("per_class.csv"),
         predictions=replicate_files("predictions/test.parquet"),
         # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
-        **{f"metrics_{model}": model_file_of_every_replicate(model, "metrics.csv") for model in MODELS},
         classes=classes_table,
         config="results/{setting}/resolved_config.yaml",
-        code=code("aggregate", "report", "metrics", "plots", "runtime", "splits"),
+        code=code("aggregate"),
     output:
         report=report(
             "results/{setting}/report.csv",
@@ -109,14 +95,14 @@ rule aggregate:
             category="Plots",
             labels={"setting": "{setting}", "plot": "long-tail profile"},
         ),
-    params:
-        seeds=lambda wildcards: EXPERIMENTS.seeds(wildcards.setting),
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{setting}/logs/aggregate.log",
+    conda:
+        "../envs/pytorch.yaml"
     resources:
         attempt=job_attempt,
+    params:
+        seeds=lambda wildcards: EXPERIMENTS.seeds(wildcards.setting),
     script:
         "../scripts/aggregate.py"
 
@@ -124,9 +110,11 @@ rule aggregate:
 rule compare:
     """A dataset's main settings and every variant side by side: mean and std per method and fold."""
     input:
-        reports=lambda wildcards: [f"results/{setting}/report.csv"
-                                   for setting in [wildcards.dataset, *EXPERIMENTS.variants(wildcards.dataset)]],
-        code=code("compare", "report", "plots", "runtime"),
+        reports=lambda wildcards: [
+            f"results/{setting}/report.csv"
+            for setting in [wildcards.dataset, *EXPERIMENTS.variants(wildcards.dataset)]
+        ],
+        code=code("compare"),
     output:
         comparison=report(
             "results/{dataset}/comparison.csv",
@@ -140,13 +128,13 @@ rule compare:
             category="Comparison",
             labels={"dataset": "{dataset}", "plot": "main settings and variants"},
         ),
-    params:
-        settings=lambda wildcards: ["main", *(parse_setting(s)[1] for s in EXPERIMENTS.variants(wildcards.dataset))],
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/compare.log",
+    conda:
+        "../envs/pytorch.yaml"
     resources:
         attempt=job_attempt,
+    params:
+        settings=lambda wildcards: ["main", *(parse_setting(s)[1] for s in EXPERIMENTS.variants(wildcards.dataset))],
     script:
         "../scripts/compare.py"

@@ -1,7 +1,3 @@
-# Library modules a training job runs (see `code` in common.smk).
-TRAIN_MODULES = ("data", "experts", "lists", "models", "pretrained", "runtime", "splits", "training")
-
-
 rule train_base:
     """The generalist: plain cross-entropy over all classes on the whole long-tailed set."""
     input:
@@ -10,24 +6,24 @@ rule train_base:
         train_cache=image_cache("train"),
         val_cache=image_cache("val"),
         pretrained=pretrained_weights,
-        code=code("train", *TRAIN_MODULES),
+        code=code("train"),
     output:
         weights="results/{setting}/seed{seed}/models/base/weights.pt",
         metrics="results/{setting}/seed{seed}/models/base/metrics.csv",
-    params:
-        **stage_params("train_base"),
-        root=image_root,
-        config_key=lambda wildcards: setting_key(wildcards.setting),  # names the setting in errors
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{setting}/seed{seed}/logs/train_base.log",
     benchmark:
         "results/{setting}/seed{seed}/benchmarks/train_base.tsv"
-    threads: EXECUTION.get("train_threads", 2)
+    conda:
+        "../envs/pytorch.yaml"
+    threads: EXECUTION.train_threads
     resources:
-        gpu=gpus_per_job(),
+        gpu=GPUS_PER_JOB,
         attempt=job_attempt,
+    params:
+        **stage_params("train_base"),
+        root=image_root,
+        config_key=lambda wildcards: setting_key(wildcards.setting),  # names the setting in errors
     script:
         "../scripts/train.py"
 
@@ -41,26 +37,27 @@ rule train_expert:
         val_cache=image_cache("val"),
         classes=classes_table,
         base=model_file("base", "weights.pt"),
-        code=code("train", *TRAIN_MODULES),
+        code=code("train"),
     output:
         weights="results/{setting}/seed{seed}/models/{expert}/weights.pt",
         metrics="results/{setting}/seed{seed}/models/{expert}/metrics.csv",
-    params:
-        **stage_params("train_expert"),
-        root=image_root,
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{setting}/seed{seed}/logs/train_{expert}.log",
     benchmark:
         "results/{setting}/seed{seed}/benchmarks/train_{expert}.tsv"
-    threads: EXECUTION.get("expert_threads", 1)
+    # In the order of EXPERTS: the many-shot expert trains on the most images (most of a
+    # long-tailed train set): started first, it is not the last job to end while the other
+    # cores sit idle.
+    priority: lambda wildcards: len(EXPERTS) - 1 - EXPERTS.index(wildcards.expert)
+    conda:
+        "../envs/pytorch.yaml"
+    threads: EXECUTION.expert_threads
     resources:
-        gpu=gpus_per_job(),
+        gpu=GPUS_PER_JOB,
         attempt=job_attempt,
-    # The many-shot expert trains on the most images (most of a long-tailed train set):
-    # started first, it is not the last job to end while the other cores sit idle.
-    priority: lambda wildcards: EXPERT_PRIORITY[wildcards.expert]
+    params:
+        **stage_params("train_expert"),
+        root=image_root,
     script:
         "../scripts/train.py"
 
@@ -74,22 +71,22 @@ rule train_decoupled:
         train_cache=image_cache("train"),
         val_cache=image_cache("val"),
         base=model_file("base", "weights.pt"),
-        code=code("train_decoupled", "decoupled", "logits", *TRAIN_MODULES),
+        code=code("train_decoupled"),
     output:
         weights="results/{setting}/seed{seed}/models/{method}/weights.pt",
         metrics="results/{setting}/seed{seed}/models/{method}/metrics.csv",
-    params:
-        **stage_params("train_decoupled"),
-        root=image_root,
-    conda:
-        "../envs/pytorch.yaml"
     log:
         "results/{setting}/seed{seed}/logs/train_{method}.log",
     benchmark:
         "results/{setting}/seed{seed}/benchmarks/train_{method}.tsv"
-    threads: EXECUTION.get("expert_threads", 1)
+    conda:
+        "../envs/pytorch.yaml"
+    threads: EXECUTION.expert_threads
     resources:
-        gpu=gpus_per_job(),
+        gpu=GPUS_PER_JOB,
         attempt=job_attempt,
+    params:
+        **stage_params("train_decoupled"),
+        root=image_root,
     script:
         "../scripts/train_decoupled.py"
