@@ -38,7 +38,9 @@ SECTIONS = ("workflow", "calibration", "logits-io", "models", "loading")
 
 def row(figure, value, unit, reference_name="", reference=None, higher_is_better=True):
     """One table line; the ratio is value / reference (so > 1 is faster for throughputs)."""
-    fmt = (lambda v: f"{v:,.2f} {unit}" if v < 100 else f"{v:,.0f} {unit}")
+    def fmt(v):
+        return f"{v:,.2f} {unit}" if v < 100 else f"{v:,.0f} {unit}"
+
     ratio = ""
     if reference:
         ratio = f"{value / reference:.2f}x"
@@ -438,7 +440,8 @@ def main():
     args = parser.parse_args()
     only = set(args.only.split(","))
     if only - set(SECTIONS):
-        parser.error(f"--only: unknown sections {', '.join(sorted(only - set(SECTIONS)))}; known: {', '.join(SECTIONS)}")
+        parser.error(f"--only: unknown sections {', '.join(sorted(only - set(SECTIONS)))}; "
+                     f"known: {', '.join(SECTIONS)}")
 
     repo = args.repo.resolve()
     sys.path.insert(0, str(repo / "src"))

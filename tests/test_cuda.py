@@ -66,7 +66,8 @@ def test_calibration_objective_on_cuda_matches_the_cpu():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(30).repeat_interleave(20)
     experts = [ExpertOutputs(torch.randn(len(labels), len(ids) + 1, generator=g) * 3, ids, ratio)
-               for ids, ratio in ((torch.arange(0, 12), 16.0), (torch.arange(12, 25), 8.0), (torch.arange(25, 30), 8.0))]
+               for ids, ratio in ((torch.arange(0, 12), 16.0), (torch.arange(12, 25), 8.0),
+                                  (torch.arange(25, 30), 8.0))]
     values = []
     for device in (CPU, CUDA):
         model = JointCalibration([12, 13, 5], 30).to(device)

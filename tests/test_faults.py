@@ -366,7 +366,8 @@ def test_a_damaged_artifact_stops_the_job_with_one_line_and_its_fix(tiny_run, tm
     shutil.copytree(tiny_run, workdir, symlinks=True)
     DAMAGE[damage][0](workdir / damaged)
     kind = "Parquet file" if damaged.endswith(".parquet") else "torch file"
-    line = f"error: {damaged}: {DAMAGE[damage][1](kind, workdir / damaged)}; rebuild it with: {rebuild_command(damaged)}"
+    line = (f"error: {damaged}: {DAMAGE[damage][1](kind, workdir / damaged)}; "
+            f"rebuild it with: {rebuild_command(damaged)}")
 
     result = snakemake(workdir, "--cores", "1", target, check=False)
     assert result.returncode != 0

@@ -10,7 +10,7 @@ import yaml
 
 from balanced_experts.logits import read_logits
 from balanced_experts.report import REPORT_COLUMNS
-from conftest import copy_workflow, planned_jobs, snakemake, tiny_config, write_config
+from conftest import planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +122,8 @@ def test_decoupled_classifiers_keep_the_base_representation(tiny_run):
 
     from balanced_experts.models import load_checkpoint
 
-    models = {m: load_checkpoint(tiny_run / f"results/tiny/seed0/models/{m}/weights.pt") for m in ("base", "crt", "lws")}
+    models = {m: load_checkpoint(tiny_run / f"results/tiny/seed0/models/{m}/weights.pt")
+              for m in ("base", "crt", "lws")}
     base = models["base"]["state_dict"]
     for method in ("crt", "lws"):
         state, meta = models[method]["state_dict"], models[method]["meta"]
@@ -208,6 +209,20 @@ def test_editing_the_report_script_reruns_only_the_report(edited_run):
     script.write_text(script.read_text() + "\n# an edit\n")
     # The replicate's report, and the mean over the seeds that reads it.
     assert planned_jobs(edited_run) == {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny")}
+
+
+def test_editing_a_library_module_reruns_every_stage_that_runs_it(edited_run):
+    """distributed.py is imported by the training loop, not by the training programs: the
+    code inputs follow the imports through it."""
+    module = edited_run / "src/balanced_experts/distributed.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    jobs = planned_jobs(edited_run)
+    assert {job for job in jobs if job[0].startswith("train")} == {
+        ("train_base", "setting=tiny, seed=0"),
+        *{("train_expert", f"setting=tiny, seed=0, expert={e}") for e in ("many", "medium", "few")},
+        *{("train_decoupled", f"setting=tiny, seed=0, method={m}") for m in ("crt", "lws")},
+    }
+    assert not {rule for rule, _ in jobs} & {"synthetic_data", "classes", "image_cache", "resolved_config"}
 
 
 def test_editing_class_splits_keeps_the_base_model(edited_run):

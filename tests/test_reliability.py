@@ -1,6 +1,5 @@
 """Bad input, killed jobs and reruns through real Snakemake runs: clear errors, intact results."""
 
-import copy
 import hashlib
 import os
 import shutil
@@ -194,7 +193,7 @@ def test_label_out_of_range_names_the_line(lists_copy):
 def test_class_without_training_images_is_named(lists_copy):
     workdir, data = lists_copy
     train = data / "train.txt"
-    train.write_text("".join(l + "\n" for l in train.read_text().splitlines() if not l.endswith(" 3")))
+    train.write_text("".join(line + "\n" for line in train.read_text().splitlines() if not line.endswith(" 3")))
     result = snakemake(workdir, "--cores", "1", CLASSES, check=False)
     assert result.returncode != 0
     assert f"{train}: no entries for class ids 3; labels must cover 0..7" in error_lines(result)

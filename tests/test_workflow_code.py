@@ -1,0 +1,96 @@
+"""What the workflow declares about its own code, read from real Snakemake: every rule's code
+inputs are its stage program and exactly the library modules that program runs; the
+`execution` section has one set of defaults."""
+
+import dataclasses
+import json
+import modulefinder
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from balanced_experts.execution import ExecutionSettings
+from conftest import REPO, copy_workflow
+
+LIBRARY = "balanced_experts"
+
+# Every rule with a `script:` as Snakemake parsed it: the program and the `code` input.
+DECLARED_CODE = """
+import json
+from pathlib import Path
+
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import OutputSettings, Quietness, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    workflow = api.workflow(ResourceSettings(), snakefile=Path("Snakefile"), workdir=Path("."))._workflow
+    print(json.dumps({
+        rule.name: {
+            "script": str((Path(rule.basedir) / rule.script).resolve().relative_to(Path.cwd().resolve())),
+            "code": list(rule.input.code) if "code" in rule.input.keys() else None,
+        }
+        for rule in workflow.rules if rule.script
+    }))
+"""
+
+
+def declared_code(workdir: Path) -> dict[str, dict]:
+    result = subprocess.run([sys.executable, "-c", DECLARED_CODE], cwd=workdir, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def import_closure(workdir: Path, script: str) -> set[str]:
+    """The library files ``script`` runs, as the standard library's modulefinder sees them
+    (it follows every import, at the top of a module or inside a function)."""
+    finder = modulefinder.ModuleFinder(path=[str(workdir / "src")])
+    finder.run_script(str(workdir / script))
+    return {str(Path(module.__file__).relative_to(workdir)) for name, module in finder.modules.items()
+            if name.split(".")[0] == LIBRARY}
+
+
+def test_every_rule_declares_exactly_the_library_modules_its_program_runs(tmp_path):
+    workdir = copy_workflow(tmp_path / "wf")
+    rules = declared_code(workdir)
+    assert {"train_base", "train_expert", "train_decoupled", "logits", "calibrate", "report"} <= set(rules)
+    for name, rule in rules.items():
+        assert rule["code"], f"rule {name} declares no code input"
+        assert rule["code"][0] == rule["script"], name
+        assert set(rule["code"][1:]) == import_closure(workdir, rule["script"]), name
+    # The cases this used to miss: the process group's module, which every training runs.
+    for name in ("train_base", "train_expert", "train_decoupled"):
+        assert f"src/{LIBRARY}/distributed.py" in rules[name]["code"]
+
+
+def test_a_new_import_is_a_new_code_input(tmp_path):
+    """Imports are read, not listed: an import added to a program (here inside a function),
+    or to a library module it imports, is declared with no edit to the rules."""
+    workdir = copy_workflow(tmp_path / "wf")
+    script = workdir / "workflow/scripts/classes.py"
+    script.write_text(script.read_text()
+                      + "\n\ndef later():\n    from balanced_experts.metrics import reliability_bins\n")
+    splits = workdir / f"src/{LIBRARY}/splits.py"
+    splits.write_text(splits.read_text() + "\n\ndef later():\n    from .baselines import softmax\n")
+    code = declared_code(workdir)["classes"]["code"]
+    assert {f"src/{LIBRARY}/metrics.py", f"src/{LIBRARY}/baselines.py"} <= set(code)
+    assert set(code[1:]) == import_closure(workdir, "workflow/scripts/classes.py")
+
+
+def test_execution_defaults_are_those_config_yaml_shows():
+    """ExecutionSettings holds the section's defaults; config.yaml spells them out for the
+    reader, and the schema lists its keys: all three name the same settings."""
+    shown = yaml.safe_load((REPO / "config.yaml").read_text())["execution"]
+    assert shown == dataclasses.asdict(ExecutionSettings())
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    keys = set(schema["properties"]["execution"]["properties"])
+    assert keys == {f.name for f in dataclasses.fields(ExecutionSettings)}
+
+
+def test_a_job_may_use_cuda_when_asked_or_when_auto_finds_a_gpu():
+    assert ExecutionSettings(device="cuda").may_use_cuda() and ExecutionSettings(device="cuda:1").may_use_cuda()
+    assert not ExecutionSettings(device="cpu").may_use_cuda()
+    has_gpu = any(Path("/dev").glob("nvidia[0-9]*"))
+    assert ExecutionSettings(device="auto").may_use_cuda() == has_gpu
