@@ -257,7 +257,7 @@ def cifar_archive(wildcards):
     return existing_path(
         wildcards.dataset,
         "data.cifar.archive",
-        hint=" (cifar-100-python.tar.gz / cifar-10-python.tar.gz from " "https://www.cs.toronto.edu/~kriz/cifar.html)",
+        hint=" (cifar-100-python.tar.gz / cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html)",
     )
 
 
@@ -362,5 +362,4 @@ def logits_file(model, split):
 
 def section(*keys):
     """Params function: one slice of the job's merged config (and nothing else)."""
-
     return lambda wildcards: config_slice(setting_config(wildcards), keys)

@@ -32,11 +32,11 @@ rule aggregate:
     """A setting's report over its seeds: mean and std per method and fold, and plots of the
     spread; its merged config beside it."""
     input:
+        # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
         **{f"metrics_{model}": model_file_of_every_replicate(model, "metrics.csv") for model in MODELS},
         reports=replicate_files("report.csv"),
         per_class=replicate_files("per_class.csv"),
         predictions=replicate_files("predictions/test.parquet"),
-        # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
         classes=classes_table,
         config="results/{setting}/resolved_config.yaml",
         code=code("aggregate"),
