@@ -127,13 +127,14 @@ def library_closure(path):
         for name in _library_imports(todo.pop()):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):
-                file = _module_file(parts[:depth])
+                file = _module_file(tuple(parts[:depth]))
                 if file and file not in found:
                     found.add(file)
                     todo.append(file)
     return sorted(found)
 
 
+@functools.cache
 def _module_file(parts):
     """The file under src/ of the module named ``parts`` (relative), or None: the name is
     not a module (but a name imported from one)."""
@@ -151,7 +152,7 @@ def _library_imports(path):
     tree = ast.parse((Path(workflow.basedir) / path).read_bytes(), path)
     package = Path(path).parent.relative_to("src").parts if path.startswith("src/") else ()
     names = []
-    for node in ast.walk(tree):
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -159,6 +160,15 @@ def _library_imports(path):
             source = ".".join([*base, *([node.module] if node.module else [])])
             names += [source, *(f"{source}.{alias.name}" for alias in node.names)]
     return [name for name in names if name.split(".")[0] == "balanced_experts"]
+
+
+def _statements(body):
+    """Every statement of ``body`` and, inside them, of their blocks (imports are statements:
+    no expression needs a visit)."""
+    for node in body:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, block, ()))
 
 
 def dataset_of(wildcards):
