@@ -2,6 +2,7 @@
 
     python bench/run.py                  # everything CPU-sized (~10 min on 2 cores)
     python bench/run.py --skip-pipeline  # without the from-scratch default pipeline (~4-5 min)
+    python bench/run.py --only models,loading   # some sections only (bench/gpu.sh)
     python bench/run.py --device cuda --backbones resnet10 --train-images 20480   # GPU sizes
 
 Prints one markdown table: figure, value, what it is compared against, that value, and the
@@ -30,6 +31,9 @@ sys.path.insert(0, str(HERE / "tests"))
 from conftest import copy_workflow, tiny_config  # noqa: E402  (the test suite's workflow copy and tiny dataset)
 
 ROWS: list[tuple[str, str, str, str, str]] = []
+# What --only chooses from: Snakemake runs (pipeline, no-op, dry run), the calibration fit,
+# Parquet I/O, training and inference throughput, data loading.
+SECTIONS = ("workflow", "calibration", "logits-io", "models", "loading")
 
 
 def row(figure, value, unit, reference_name="", reference=None, higher_is_better=True):
@@ -52,6 +56,14 @@ def timed(fn, *args, repeat=1, **kwargs):
     return best, result
 
 
+def device_sync(device):
+    """A function that waits for the work queued on ``device`` (nothing on the CPU): the
+    clock stops after it, or it would time the queueing of CUDA work, not the work."""
+    import torch
+
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def snakemake_exe() -> str:
     exe = Path(sys.executable).with_name("snakemake")
     return str(exe) if exe.exists() else "snakemake"
@@ -72,17 +84,19 @@ def bench_pipeline(repo: Path, scratch: Path, cores: int) -> Path:
     workdir = copy_workflow(scratch / "default", config, repo=repo)
     wall = run_snakemake(workdir, "--cores", str(cores))
     stages = {}
-    for tsv in sorted((workdir / "results/synthetic/benchmarks").glob("*.tsv")):
+    # Per-dataset jobs (image caches) and the jobs of the default seed's replicate.
+    results = workdir / "results/synthetic"
+    for tsv in sorted(results.glob("benchmarks/*.tsv")) + sorted(results.glob("seed0/benchmarks/*.tsv")):
         with tsv.open() as handle:
             stages[tsv.stem] = float(next(csv.DictReader(handle, delimiter="\t"))["s"])
     row(f"default pipeline from scratch, {cores} cores", wall, "s",
         "sum of benchmarked job times (serial)", sum(stages.values()), higher_is_better=False)
     groups: dict[str, list[float]] = {}
     for name, seconds in stages.items():
-        group = "logits (15 jobs)" if name.startswith("logits_") else name
+        group = "logits" if name.startswith("logits_") else name
         groups.setdefault(group, []).append(seconds)
     for group, values in groups.items():
-        row(f"  stage {group}", sum(values), "s")
+        row(f"  stage {group}" + (f" ({len(values)} jobs)" if len(values) > 1 else ""), sum(values), "s")
     report = (workdir / "results/synthetic/report.csv").read_text()
     print(f"report of the default run:\n{report}", file=sys.stderr)
     return workdir
@@ -205,7 +219,7 @@ def bench_backbone(backbone: str, size: int, num_images: int, batch: int, device
     from balanced_experts.logits import predict
     from balanced_experts.training import TrainSettings, fit
 
-    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     model, source, labels = _model_and_source(backbone, size, num_images, device)
     settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, scheduler="constant")
     positions = np.arange(num_images)
@@ -296,8 +310,6 @@ def write_jpegs(root: Path, count: int, base: np.ndarray) -> Path:
 def bench_jpeg_training(backbone: str, count: int, batch: int, device, scratch: Path):
     """Training fed by the real data path: JPEG files through the DataLoader, decoded on
     ``device`` when it is CUDA (nvJPEG), else by PIL in the workers."""
-    import torch
-
     from balanced_experts.data import ImageSource, InputSpec
     from balanced_experts.lists import read_list
     from balanced_experts.models import build_model
@@ -313,14 +325,14 @@ def bench_jpeg_training(backbone: str, count: int, batch: int, device, scratch: 
     model = build_model({"name": backbone, "embed_dim": 512}, 10).to(device)
     settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, scheduler="constant")
     positions = np.arange(count)
+    sync = device_sync(device)
 
     def train():
         fit(model, list(model.parameters()),
             train_batches=lambda g: source.batches(positions, image_list.labels, batch, True, device, g),
             val_batches=lambda: iter(()), steps_per_epoch=-(-count // batch), settings=settings,
             name="bench", metrics_path=scratch / "metrics.csv", log=lambda _: None, amp=bench_backbone.amp)
-        if on_device:
-            torch.cuda.synchronize()
+        sync()
 
     train()  # warm-up: workers, cudnn benchmark, page cache
     seconds, _ = timed(train, repeat=2)
@@ -369,7 +381,7 @@ def bench_data_loading(repo: Path, scratch: Path, device):
             "bare PIL decode loop", n / bare_s)
 
     # JPEGs the size of ImageNet's (~400x350), decoded and cropped to 224 px.
-    jpeg_root, count = scratch / "jpeg", 192
+    jpeg_root, count = scratch / "jpeg", bench_data_loading.jpeg_images
     base = np.asarray(Image.open(root / image_list.paths[0]).convert("RGB").resize((400, 350)))
     jpeg_list = read_list(write_jpegs(jpeg_root, count, base))
     workers = getattr(bench_data_loading, "workers", 2)
@@ -382,6 +394,7 @@ def bench_data_loading(repo: Path, scratch: Path, device):
     import inspect
 
     decoders = [False] + ([True] if "decode_on_device" in inspect.signature(ImageSource.open).parameters else [])
+    sync = device_sync(device)
     for train, on_device in [(t, d) for d in decoders for t in (True, False)]:
         jspec = InputSpec(size=224, resize=256, augment="imagenet", workers=workers)
         kwargs = {"decode_on_device": True} if on_device else {}
@@ -391,6 +404,7 @@ def bench_data_loading(repo: Path, scratch: Path, device):
             for _ in source.batches(np.arange(count), jpeg_list.labels, 64, train, device,
                                     torch.Generator().manual_seed(0)):
                 pass
+            sync()  # the last batch's device work is part of loading it
 
         loader()
         load_s, _ = timed(loader, repeat=2)
@@ -406,6 +420,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--skip-pipeline", action="store_true", help="no from-scratch default pipeline run")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--skip-models", action="store_true", help="no training/inference throughput")
     parser.add_argument("--backbones", default="resnet_cifar8:32,resnet_cifar32:32,resnet10:224",
                         help="name:size list")
@@ -413,12 +429,16 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="batch size (0: 128 small, 32 at 224 px on CPU)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="for the MFU line (H200 bf16: 989)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the JPEG loader rows")
+    parser.add_argument("--loader-images", type=int, default=192, help="JPEG files of the loader rows")
     parser.add_argument("--compile", action="store_true", help="torch.compile in the pipeline loop")
     parser.add_argument("--jpeg-train-images", type=int, default=0,
                         help="also time training resnet10 fed by this many JPEG files (0: skip)")
     parser.add_argument("--shared-data", type=Path,
                         default=Path(os.environ.get("BALANCED_EXPERTS_SHARED_DATA", HERE.parent / "shared/data")))
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        parser.error(f"--only: unknown sections {', '.join(sorted(only - set(SECTIONS)))}; known: {', '.join(SECTIONS)}")
 
     repo = args.repo.resolve()
     sys.path.insert(0, str(repo / "src"))
@@ -430,22 +450,25 @@ def main():
     device = resolve_device(args.device)
     setup_torch(args.cores, 0, device)
     bench_backbone.compile, bench_backbone.peak_tflops = args.compile, args.peak_tflops
-    bench_data_loading.workers = args.workers
+    bench_data_loading.workers, bench_data_loading.jpeg_images = args.workers, args.loader_images
     print(f"bench: {repo} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         scratch = Path(tmp)
-        if args.skip_pipeline:
-            workdir = copy_workflow(scratch / "tiny", tiny_config(), repo=repo)
-            run_snakemake(workdir, "--cores", str(args.cores))
-            print("  (no-op timed on the tiny test config: --skip-pipeline)", file=sys.stderr)
-        else:
-            workdir = bench_pipeline(repo, scratch, args.cores)
-        bench_noop(workdir, args.cores)
-        bench_places_dry_run(repo, scratch, args.shared_data)
-        bench_calibration(device)
-        bench_logits_io(scratch)
-        if not args.skip_models:
+        if "workflow" in only:
+            if args.skip_pipeline:
+                workdir = copy_workflow(scratch / "tiny", tiny_config(), repo=repo)
+                run_snakemake(workdir, "--cores", str(args.cores))
+                print("  (no-op timed on the tiny test config: --skip-pipeline)", file=sys.stderr)
+            else:
+                workdir = bench_pipeline(repo, scratch, args.cores)
+            bench_noop(workdir, args.cores)
+            bench_places_dry_run(repo, scratch, args.shared_data)
+        if "calibration" in only:
+            bench_calibration(device)
+        if "logits-io" in only:
+            bench_logits_io(scratch)
+        if "models" in only and not args.skip_models:
             for item in args.backbones.split(","):
                 name, size = item.split(":")
                 size = int(size)
@@ -453,7 +476,8 @@ def main():
                 images = args.train_images or (2048 if small else (128 if device.type == "cpu" else 8192))
                 batch = args.batch or (128 if small or device.type == "cuda" else 32)
                 bench_backbone(name, size, images, batch, device, scratch)
-        bench_data_loading(repo, scratch, device)
+        if "loading" in only:
+            bench_data_loading(repo, scratch, device)
         if args.jpeg_train_images:
             bench_jpeg_training("resnet10", args.jpeg_train_images, args.batch or 32, device, scratch)
 

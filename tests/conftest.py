@@ -41,6 +41,7 @@ TINY_DATASET = {
                 "seed": 3},
     },
     "crt": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 4},
+    "lws": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 5},
     "calibration": {"max_iter": 20},
 }
 
@@ -54,6 +55,42 @@ def tiny_config() -> dict:
                       "expert_threads": 1, "logits_threads": 1},
         "datasets": {"tiny": copy.deepcopy(TINY_DATASET)},
     }
+
+
+def jpeg_dataset(root: Path) -> dict:
+    """The tiny dataset as JPEG files behind a ``lists`` dataset (``preload: false``): the file
+    path, where ``execution.decode_on_device`` decodes with nvJPEG on a GPU. Returns the
+    dataset's config section; its images and list files are written under ``root``.
+
+    The first training image is a CMYK JPEG, as ImageNet has some: nvJPEG refuses it, so
+    its batch falls back to the CPU decoder.
+    """
+    import copy
+
+    from PIL import Image
+
+    from balanced_experts.lists import read_list, write_list
+    from balanced_experts.synthetic import SyntheticSpec, generate
+
+    root = Path(root).resolve()
+    # 32-px images, cropped to 24 px: the ImageNet recipe (random resized crop, flip, jitter).
+    generate(SyntheticSpec(**dict(TINY_DATASET["data"]["synthetic"], image_size=32)), root, log=lambda _: None)
+    for split in ("train", "val", "test"):
+        image_list = read_list(root / f"{split}.txt")
+        jpegs = []
+        for i, png in enumerate(image_list.paths):
+            with Image.open(root / png) as image:
+                image = image.convert("CMYK" if split == "train" and i == 0 else "RGB")
+            jpegs.append(png.removesuffix(".png") + ".jpg")
+            image.save(root / jpegs[-1], quality=90)
+            (root / png).unlink()
+        write_list(root / f"{split}.txt", jpegs, image_list.labels)
+    dataset = copy.deepcopy(TINY_DATASET)
+    dataset["data"] = {"kind": "lists", "root": str(root),
+                       **{f"{split}_list": str(root / f"{split}.txt") for split in ("train", "val", "test")}}
+    dataset["input"] = {"size": 24, "resize": 28, "augment": "imagenet", "preload": False,
+                        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    return dataset
 
 
 def copy_workflow(dest: Path, config: dict | None = None, repo: Path = REPO) -> Path:
@@ -83,6 +120,13 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900)
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def last_attempt(log: str) -> str:
+    """The part of a job's log written by its last attempt: from its last header line on
+    (a job's log keeps every attempt, each starting with a ``===== <date> <job>: ...`` line)."""
+    headers = [m.start() for m in re.finditer(r"(?m)^\S+ ===== \d{4}-\d\d-\d\d ", log)]
+    return log[headers[-1]:] if headers else log
 
 
 _JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):\s*$")

@@ -6,6 +6,7 @@ from PIL import Image
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.runtime import ArtifactError
 from balanced_experts.synthetic import SyntheticSpec, generate, long_tail_counts
 
 BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}
@@ -32,23 +33,51 @@ def test_num_learnable_selects_modules():
         set_learnable(model, 6)
 
 
-def test_frozen_layers_do_not_change_in_training():
-    from balanced_experts.models import train_mode
+def test_model_without_fc_layer():
+    """``embed_dim: null``: the classifier reads the pooled trunk features; num_learnable keeps
+    its indices (3 = classifier + last stage) and refuses 2, which would add nothing."""
+    model = build_model({**BACKBONE, "embed_dim": None}, 5)
+    assert model.fc is None and model.feature_dim == model.trunk.out_features == 16
+    assert model.classifier.in_features == 16 and not any(k.startswith("fc.") for k in model.state_dict())
+    x = torch.randn(2, 3, 12, 12)
+    model.eval()
+    pooled = model.trunk(x).mean((2, 3))
+    assert torch.allclose(model.features(x), pooled, atol=1e-6)
+    assert torch.allclose(model(x), model.classifier(pooled), atol=1e-6)
+    set_learnable(model, 1)
+    assert trainable_names(model) == {"classifier"}
+    set_learnable(model, 3)
+    assert trainable_names(model) == {"classifier", "trunk.layer3"}
+    with pytest.raises(ValueError, match="num_learnable=2 adds the fc layer"):
+        set_learnable(model, 2)
 
-    model = build_model(BACKBONE, 3)
-    params = set_learnable(model, 2)
-    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("trunk")}
-    optimizer = torch.optim.SGD(params, lr=0.5)
-    train_mode(model)
-    for _ in range(3):
-        loss = model(torch.randn(4, 3, 12, 12)).logsumexp(1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    # Weights and BatchNorm running statistics of the frozen trunk are untouched.
-    for key, value in model.state_dict().items():
-        if key in frozen:
-            assert torch.equal(value, frozen[key]), key
+
+def test_resnext50_trunk_loads_torchvision_weights(tmp_path):
+    """resnext50_32x4d is torchvision's ResNeXt-50 32x4d: a torchvision state dict loads through
+    the pretrained-weights loader, and the model then computes torchvision's pooled features."""
+    import torchvision
+
+    from balanced_experts.pretrained import load_trunk_weights
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnext50_32x4d(weights=None)
+    for module in reference.modules():  # non-trivial statistics, so that eval mode tests them
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(reference.state_dict(), tmp_path / "resnext50_32x4d.pth")
+    model = build_model({"name": "resnext50_32x4d", "embed_dim": None}, 10)
+    assert model.feature_dim == 2048
+    conv = model.trunk.layer1[0].conv2
+    assert conv.groups == 32 and conv.out_channels == 128  # 32 groups x 4 channels
+    loaded = load_trunk_weights(model.trunk, tmp_path / "resnext50_32x4d.pth", "torchvision")
+    assert loaded["tensors"] == len(model.trunk.state_dict())
+    reference.fc = torch.nn.Identity()
+    reference.eval(), model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.features(x.contiguous(memory_format=torch.channels_last)), reference(x),
+                              atol=1e-4)
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
@@ -211,7 +240,8 @@ def test_image_cache_holds_the_decoded_pixels_memory_mapped(small_root, tmp_path
                                   cached.batches(positions, subset.labels, 8, True, torch.device("cpu"),
                                                  torch.Generator().manual_seed(0))):
             assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="image cache"):
+    with pytest.raises(ArtifactError, match=fr"holds uint8 \({len(image_list)}, 3, 16, 16\), not the uint8 "
+                                            fr"\({len(rows)}, 3, 16, 16\) images"):
         read_image_cache(cache, image_list.subset(rows), 16)
 
 

@@ -9,20 +9,26 @@ import pytest
 import yaml
 
 from balanced_experts.logits import read_logits
+from balanced_experts.report import REPORT_COLUMNS
 from conftest import copy_workflow, planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("base", "many", "medium", "few", "crt")
-METHODS = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "experts_naive", "experts_prior",
-           "experts_calibrated", "oracle"]
+MODELS = ("base", "many", "medium", "few", "crt", "lws")
+METHODS = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "base_lws", "experts_naive",
+           "experts_prior", "experts_calibrated", "oracle"]
 SPLITS = ("train", "val", "test")
 
 
 def test_report_has_every_method_and_fold(tiny_run):
     report = pd.read_csv(tiny_run / "results/tiny/report.csv")
-    assert list(report.columns) == ["method", "many", "medium", "few", "all", "ece", "nll"]
+    # The mean over the seeds in the columns of a one-seed report, then their spread.
+    assert list(report.columns) == REPORT_COLUMNS + [f"{c}_std" for c in REPORT_COLUMNS[1:]] + ["seeds"]
     assert report["method"].tolist() == METHODS
+    assert (report["seeds"] == 1).all() and report.filter(like="_std").isna().all(axis=None)
+    seed0 = pd.read_csv(tiny_run / "results/tiny/seed0/report.csv")
+    assert list(seed0.columns) == REPORT_COLUMNS
+    pd.testing.assert_frame_equal(report[REPORT_COLUMNS], seed0)
     values = report[["many", "medium", "few", "all"]].to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 100).all()
     with_probabilities = report[report["method"] != "oracle"]
@@ -38,15 +44,15 @@ def test_report_has_every_method_and_fold(tiny_run):
 def test_logits_of_every_model_and_split_are_aligned(tiny_run):
     classes = pd.read_csv(tiny_run / "results/tiny/classes.csv")
     for split in SPLITS:
-        tables = {m: read_logits(tiny_run / f"results/tiny/logits/{m}/{split}.parquet") for m in MODELS}
-        frame = pd.read_parquet(tiny_run / f"results/tiny/logits/base/{split}.parquet")
+        tables = {m: read_logits(tiny_run / f"results/tiny/seed0/logits/{m}/{split}.parquet") for m in MODELS}
+        frame = pd.read_parquet(tiny_run / f"results/tiny/seed0/logits/base/{split}.parquet")
         list_lines = (tiny_run / f"results/tiny/data/{split}.txt").read_text().splitlines()
         assert len(frame) == len(list_lines)
         assert frame["path"].tolist() == [line.rsplit(" ", 1)[0] for line in list_lines]
         for model, table in tables.items():
             assert np.array_equal(table.sample_ids, tables["base"].sample_ids)
             assert np.array_equal(table.labels, tables["base"].labels)
-            if model in ("base", "crt"):
+            if model in ("base", "crt", "lws"):
                 assert table.output_class_ids.tolist() == list(range(len(classes)))
             else:
                 expected = classes.loc[classes["split"] == model, "class_id"].tolist()
@@ -55,7 +61,7 @@ def test_logits_of_every_model_and_split_are_aligned(tiny_run):
 
 
 def test_logs_metrics_and_benchmarks(tiny_run):
-    results = tiny_run / "results/tiny"
+    results = tiny_run / "results/tiny/seed0"
     for model in MODELS:
         log = (results / f"logs/train_{model}.log").read_text()
         assert f"{model} epoch 1/2 loss" in log and "val_acc" in log and "ETA" in log
@@ -76,7 +82,7 @@ def test_second_invocation_has_nothing_to_do(tiny_run):
 def test_touching_files_reruns_nothing(tiny_run):
     later = time.time() + 5
     for rel in ("results/tiny/classes.csv", "results/tiny/data/train.txt",
-                "results/tiny/models/base/weights.pt", "results/tiny/logits/few/val.parquet",
+                "results/tiny/seed0/models/base/weights.pt", "results/tiny/seed0/logits/few/val.parquet",
                 "workflow/scripts/report.py", "src/balanced_experts/training.py"):
         os.utime(tiny_run / rel, (later, later))
     assert planned_jobs(tiny_run) == set()
@@ -97,20 +103,75 @@ def test_editing_one_expert_reruns_only_its_chain(edited_run):
     config["datasets"]["tiny"]["experts"]["few"]["lr"] = 0.02
     write_config(edited_run, config)
     assert planned_jobs(edited_run) == {
-        ("train_expert", "dataset=tiny, expert=few"),
-        ("logits", "dataset=tiny, model=few, split=train"),
-        ("logits", "dataset=tiny, model=few, split=val"),
-        ("logits", "dataset=tiny, model=few, split=test"),
-        ("calibrate", "dataset=tiny"),
-        ("report", "dataset=tiny"),
+        ("train_expert", "setting=tiny, seed=0, expert=few"),
+        ("logits", "setting=tiny, seed=0, model=few, split=train"),
+        ("logits", "setting=tiny, seed=0, model=few, split=val"),
+        ("logits", "setting=tiny, seed=0, model=few, split=test"),
+        ("calibrate", "setting=tiny, seed=0"),
+        ("report", "setting=tiny, seed=0"),
+        ("aggregate", "setting=tiny"),
+        ("resolved_config", "setting=tiny"),  # it records the edited setting
     }
+
+
+def test_decoupled_classifiers_keep_the_base_representation(tiny_run):
+    """cRT and LWS train on the frozen base model: their trunk and fc weights are the base
+    model's; their BatchNorm statistics were re-estimated on class-aware batches (frozen_bn:
+    train); LWS's classifier is the base classifier times its per-class scales."""
+    import torch
+
+    from balanced_experts.models import load_checkpoint
+
+    models = {m: load_checkpoint(tiny_run / f"results/tiny/seed0/models/{m}/weights.pt") for m in ("base", "crt", "lws")}
+    base = models["base"]["state_dict"]
+    for method in ("crt", "lws"):
+        state, meta = models[method]["state_dict"], models[method]["meta"]
+        assert meta["model"] == method and meta["features"] == "images" and state.keys() == base.keys()
+        for key, value in state.items():
+            if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                assert not torch.equal(value, base[key]), key
+            elif not key.startswith("classifier."):
+                assert torch.equal(value, base[key]), key
+    scales = torch.tensor(models["lws"]["meta"]["lws_scales"])
+    assert not torch.equal(scales, torch.ones_like(scales))
+    lws = models["lws"]["state_dict"]
+    assert torch.allclose(lws["classifier.weight"], scales[:, None] * base["classifier.weight"])
+    assert torch.allclose(lws["classifier.bias"], scales * base["classifier.bias"])
+    assert not torch.allclose(models["crt"]["state_dict"]["classifier.weight"], base["classifier.weight"])
+    assert "4 images per class in a row" in (tiny_run / "results/tiny/seed0/logs/train_lws.log").read_text()
+
+
+def test_cached_features_rerun_only_the_crt_chain(edited_run):
+    """The documented fast path (features computed once): editing crt reruns its chain only."""
+    from balanced_experts.models import load_checkpoint
+
+    config = yaml.safe_load((edited_run / "config.yaml").read_text())
+    config["datasets"]["tiny"]["crt"]["features"] = "cached"
+    write_config(edited_run, config)
+    assert planned_jobs(edited_run) == {
+        ("train_decoupled", "setting=tiny, seed=0, method=crt"),
+        ("logits", "setting=tiny, seed=0, model=crt, split=train"),
+        ("logits", "setting=tiny, seed=0, model=crt, split=val"),
+        ("logits", "setting=tiny, seed=0, model=crt, split=test"),
+        ("report", "setting=tiny, seed=0"),
+        ("aggregate", "setting=tiny"),
+        ("resolved_config", "setting=tiny"),
+    }
+    snakemake(edited_run, "--cores", "1", "results/tiny/seed0/models/crt/weights.pt")
+    checkpoint = load_checkpoint(edited_run / "results/tiny/seed0/models/crt/weights.pt")
+    base = load_checkpoint(edited_run / "results/tiny/seed0/models/base/weights.pt")["state_dict"]
+    assert checkpoint["meta"]["features"] == "cached"
+    # The backbone ran in eval mode only: every tensor but the classifier is the base model's.
+    assert all(value.equal(base[key]) for key, value in checkpoint["state_dict"].items()
+               if not key.startswith("classifier."))
+    assert "features of" in (edited_run / "results/tiny/seed0/logs/train_crt.log").read_text()
 
 
 def test_per_class_table_agrees_with_the_four_fold_report(tiny_run):
     report = pd.read_csv(tiny_run / "results/tiny/report.csv").set_index("method")
     per_class = pd.read_csv(tiny_run / "results/tiny/per_class.csv")
     assert list(per_class.columns) == ["class_id", "train_count", "split"] + METHODS
-    test_counts = np.bincount(read_logits(tiny_run / "results/tiny/logits/base/test.parquet").labels)
+    test_counts = np.bincount(read_logits(tiny_run / "results/tiny/seed0/logits/base/test.parquet").labels)
     for method in METHODS:
         for split in ("many", "medium", "few"):
             part = per_class["split"] == split
@@ -126,7 +187,7 @@ def test_plots_and_html_report(tiny_run, tmp_path):
 
     from PIL import Image
 
-    for name in ("per_class_accuracy", "reliability", "training_curves", "long_tail"):
+    for name in ("four_fold", "per_class_accuracy", "reliability", "training_curves", "long_tail"):
         with Image.open(tiny_run / f"results/tiny/plots/{name}.png") as image:
             assert image.format == "PNG" and image.size[0] > 300
             image.verify()
@@ -145,7 +206,8 @@ def test_plots_and_html_report(tiny_run, tmp_path):
 def test_editing_the_report_script_reruns_only_the_report(edited_run):
     script = edited_run / "workflow/scripts/report.py"
     script.write_text(script.read_text() + "\n# an edit\n")
-    assert planned_jobs(edited_run) == {("report", "dataset=tiny")}
+    # The replicate's report, and the mean over the seeds that reads it.
+    assert planned_jobs(edited_run) == {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny")}
 
 
 def test_editing_class_splits_keeps_the_base_model(edited_run):
@@ -155,16 +217,16 @@ def test_editing_class_splits_keeps_the_base_model(edited_run):
     jobs = planned_jobs(edited_run)
     rules = {rule for rule, _ in jobs}
     assert "classes" in rules and "train_base" not in rules and "synthetic_data" not in rules
-    assert ("logits", "dataset=tiny, model=base, split=test") not in jobs
+    assert ("logits", "setting=tiny, seed=0, model=base, split=test") not in jobs
 
 
 def test_rerun_after_edit_completes(edited_run):
     config = yaml.safe_load((edited_run / "config.yaml").read_text())
     config["datasets"]["tiny"]["calibration"]["max_iter"] = 5
     write_config(edited_run, config)
-    before = (edited_run / "results/tiny/models/base/weights.pt").stat().st_mtime_ns
+    before = (edited_run / "results/tiny/seed0/models/base/weights.pt").stat().st_mtime_ns
     snakemake(edited_run, "--cores", "2")
-    assert (edited_run / "results/tiny/models/base/weights.pt").stat().st_mtime_ns == before
+    assert (edited_run / "results/tiny/seed0/models/base/weights.pt").stat().st_mtime_ns == before
     assert planned_jobs(edited_run) == set()
 
 
@@ -183,5 +245,5 @@ def test_jobs_read_the_decoded_cache_not_the_images(edited_run):
     later = time.time() + 5
     os.utime(path, (later, later))
     jobs = planned_jobs(edited_run)
-    assert {("logits", f"dataset=tiny, model={m}, split=test") for m in MODELS} <= jobs
+    assert {("logits", f"setting=tiny, seed=0, model={m}, split=test") for m in MODELS} <= jobs
     assert not any(rule.startswith("train") or rule == "image_cache" for rule, _ in jobs)

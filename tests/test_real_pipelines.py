@@ -12,6 +12,7 @@ import torch
 import yaml
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from balanced_experts.configuration import resolve_dataset
 from balanced_experts.logits import read_logits
 from conftest import REPO, SHARED_DATA, TINY_DATASET, copy_workflow, planned_jobs, snakemake, tiny_config
 from realdata import caffe_style, make_cifar_archive, make_imagenet_lt_root, resnet10_state_dict
@@ -41,8 +42,8 @@ def config_with(**datasets) -> dict:
 
 
 def repo_dataset(name: str) -> dict:
-    """A preset of the repository's config.yaml."""
-    return yaml.safe_load((REPO / "config.yaml").read_text())["datasets"][name]
+    """A preset of the repository's config.yaml, with what it inherits from its `defaults`."""
+    return resolve_dataset(yaml.safe_load((REPO / "config.yaml").read_text()), name)
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +51,38 @@ def mini_root(tmp_path_factory):
     return make_imagenet_lt_root(tmp_path_factory.mktemp("imagenet_lt"))
 
 
-def test_mini_imagenet_lt_whole_dag(tmp_path, mini_root):
-    weights = tmp_path / "caffe_resnet10.pth"
-    torch.save(caffe_style(resnet10_state_dict()), weights)
-    workdir = copy_workflow(tmp_path / "wf", config_with(mini=mini_imagenet_dataset(mini_root, str(weights))))
+def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(tmp_path, mini_root):
+    """A user's `lists` dataset in its own file, given with --configfile: its data section,
+    its image size and a backbone name. The rest comes from `defaults` (here the tiny
+    training settings with a file loader, so that the test is quick)."""
+    config = tiny_config()
+    defaults = copy.deepcopy(TINY_DATASET)
+    del defaults["data"]
+    defaults["class_splits"] = {"many_threshold": 12, "few_threshold": 5}  # 2 / 2 / 2 classes
+    defaults["input"] = {"augment": "imagenet", "preload": False, "workers": 0}
+    defaults["backbone"] = {"embed_dim": 16}
+    config["defaults"] = defaults
+    workdir = copy_workflow(tmp_path / "wf", config)
+    user = {"datasets": {"mini": {"data": {"kind": "lists", **mini_root}, "input": {"size": 16},
+                                  "backbone": {"name": "resnet10"}}}}
+    (workdir / "mini.yaml").write_text(yaml.safe_dump(user))
     started = time.perf_counter()
-    snakemake(workdir, "--cores", "2", "results/mini/report.csv")
+    # The target goes first: --configfile takes every file name that follows it.
+    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "--configfile", "mini.yaml")
     print(f"mini ImageNet-LT DAG: {time.perf_counter() - started:.1f} s")
     results = workdir / "results/mini"
     classes = pd.read_csv(results / "classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 2, "medium": 2, "few": 2}
     report = pd.read_csv(results / "report.csv")
     assert {"base", "experts_calibrated", "oracle"} <= set(report["method"])
-    assert "trunk initialised from" in (results / "logs/train_base.log").read_text()
     test_lines = open(mini_root["test_list"]).read().splitlines()
-    table = read_logits(results / "logits/few/test.parquet")
+    table = read_logits(results / "seed0/logits/few/test.parquet")
     assert list(table.paths) == [line.rsplit(" ", 1)[0] for line in test_lines]
-    assert not (results / "data").exists()  # a lists dataset is read in place
-    assert planned_jobs(workdir, "results/mini/report.csv") == set()
+    assert not (results / "data").exists() and not (results / "cache").exists()  # read in place
+    resolved = yaml.safe_load((results / "resolved_config.yaml").read_text())
+    assert resolved["input"] == {"augment": "imagenet", "preload": False, "workers": 0, "size": 16}
+    assert resolved["backbone"] == {"embed_dim": 16, "name": "resnet10"} and resolved["base"]["epochs"] == 2
+    assert planned_jobs(workdir, "results/mini/report.csv", "--configfile", "mini.yaml") == set()
 
 
 def test_mini_cifar_archive_whole_dag(tmp_path):
@@ -95,8 +110,8 @@ def test_default_target_ignores_real_datasets_absent_here(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     workdir = copy_workflow(tmp_path / "wf", config)
     rules = {rule for rule, _ in planned_jobs(workdir)}
-    assert rules == {"synthetic_data", "image_cache", "classes", "train_base", "train_expert", "train_crt",
-                     "logits", "calibrate", "report"}
+    assert rules == {"synthetic_data", "image_cache", "classes", "train_base", "train_expert", "train_decoupled",
+                     "logits", "calibrate", "report", "aggregate", "resolved_config"}
 
 
 def failure(workdir, target) -> str:
@@ -112,7 +127,7 @@ def test_missing_data_paths_fail_at_dag_build_naming_the_key(tmp_path):
     workdir = copy_workflow(tmp_path / "wf", config_with(places=places, cifar100_lt=repo_dataset("cifar100_lt")))
     out = failure(workdir, "results/places/classes.csv")
     assert "config key datasets.places.data.train_list: data/places_lt/Places_LT_train.txt does not exist" in out
-    out = failure(workdir, "results/places/models/base/weights.pt")
+    out = failure(workdir, "results/places/seed0/models/base/weights.pt")
     assert "config key datasets.places.data.root: data/places365 is not an existing folder" in out
     assert "config key datasets.cifar100_lt.data.cifar.archive: data/cifar/cifar-100-python.tar.gz " \
            "does not exist" in failure(workdir, "results/cifar100_lt/report.csv")
@@ -126,7 +141,7 @@ def test_missing_data_paths_fail_at_dag_build_naming_the_key(tmp_path):
     workdir = copy_workflow(tmp_path / "wf2", config_with(places=places))
     # A lists dataset without one of its four paths is a config error at parse time.
     assert "datasets.places.data: kind 'lists' needs val_list" in \
-        failure(workdir, "results/places/models/base/weights.pt")
+        failure(workdir, "results/places/seed0/models/base/weights.pt")
     places["data"]["val_list"] = str(tmp_path / "val.txt")
     workdir = copy_workflow(tmp_path / "wf3", config_with(places=places))
     assert "config key datasets.places.backbone.pretrained.path: data/pretrained/caffe_resnet152.pth " \
@@ -152,21 +167,26 @@ def test_list_errors_name_file_line_and_missing_classes(tmp_path, mini_root):
     assert "broken.txt:3: expected 'relative/path label'" in out
     out = failure(workdir, "results/gap/classes.csv")
     assert "gap.txt: no entries for class ids 2; labels must cover 0..6" in out
-    out = failure(workdir, "results/val_gap/models/base/weights.pt")
+    out = failure(workdir, "results/val_gap/seed0/models/base/weights.pt")
     assert "config key datasets.val_gap.data.val_list: " in out
     assert "val_gap.txt: no entries for class ids 5; labels must cover 0..5" in out
     # The classes job reads the train list alone and is not held up by the val list.
-    assert ("classes", "dataset=val_gap") in planned_jobs(workdir, "results/val_gap/classes.csv")
+    assert ("classes", "setting=val_gap") in planned_jobs(workdir, "results/val_gap/classes.csv")
 
 
-def test_mismatching_pretrained_file_names_the_config_key(tmp_path, mini_root):
-    weights = tmp_path / "resnet18.pth"
-    torch.save(ResNet(BasicBlock, [2, 2, 2, 2]).state_dict(), weights)
-    workdir = copy_workflow(tmp_path / "wf", config_with(mini=mini_imagenet_dataset(mini_root, str(weights))))
-    result = snakemake(workdir, "--cores", "1", "results/mini/models/base/weights.pt", check=False)
+def test_pretrained_trunk_loads_and_a_mismatching_file_names_the_config_key(tmp_path, mini_root):
+    good = tmp_path / "caffe_resnet10.pth"
+    torch.save(caffe_style(resnet10_state_dict()), good)
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(ResNet(BasicBlock, [2, 2, 2, 2]).state_dict(), wrong)
+    workdir = copy_workflow(tmp_path / "wf", config_with(mini=mini_imagenet_dataset(mini_root, str(good)),
+                                                         wrong=mini_imagenet_dataset(mini_root, str(wrong))))
+    snakemake(workdir, "--cores", "1", "results/mini/seed0/models/base/weights.pt")
+    assert "trunk initialised from" in (workdir / "results/mini/seed0/logs/train_base.log").read_text()
+    result = snakemake(workdir, "--cores", "1", "results/wrong/seed0/models/base/weights.pt", check=False)
     assert result.returncode != 0
     out = result.stdout + result.stderr
-    assert "datasets.mini.backbone.pretrained.path:" in out and "does not match the backbone" in out
+    assert "datasets.wrong.backbone.pretrained.path:" in out and "does not match the backbone" in out
 
 
 @pytest.mark.skipif(not PLACES.exists(), reason="shared Places-LT lists not present")
@@ -193,11 +213,11 @@ def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
     seconds = time.perf_counter() - started
     print(f"places dry run: {len(jobs)} jobs in {seconds:.1f} s")
     rules = [rule for rule, _ in jobs]
-    assert sorted(set(rules)) == ["calibrate", "classes", "logits", "report", "train_base", "train_crt",
-                                  "train_expert"]
-    # classes, base, cRT, 3 experts, logits (base val+test, cRT test, 3 experts val+test),
-    # calibrate, report
-    assert len(jobs) == 17 and rules.count("logits") == 9
+    assert sorted(set(rules)) == ["aggregate", "calibrate", "classes", "logits", "report", "resolved_config",
+                                  "train_base", "train_decoupled", "train_expert"]
+    # classes, base, cRT, LWS, 3 experts, logits (base val+test, cRT and LWS test, 3 experts
+    # val+test), calibrate, the seed's report, the report over seeds and the resolved config
+    assert len(jobs) == 21 and rules.count("logits") == 10
     snakemake(workdir, "--cores", "1", "results/places/classes.csv")
     classes = pd.read_csv(workdir / "results/places/classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 132, "medium": 162, "few": 71}

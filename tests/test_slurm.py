@@ -20,10 +20,11 @@ from conftest import REPO, copy_workflow, snakemake
 
 pytestmark = pytest.mark.slurm
 
-# Jobs of the whole DAG on one synthetic dataset: data, classes, base, 3 experts, cRT,
-# 5 models x 3 splits of logits, calibration, report.
+# Jobs of the whole DAG on one synthetic dataset: data, classes, base, 3 experts, cRT and
+# LWS, 6 models x 3 splits of logits, calibration, the seed's report and the report over
+# seeds (the resolved config is written by a local rule, outside Slurm).
 JOBS = {"synthetic_data": 1, "image_cache": 3, "classes": 1, "train_base": 1, "train_expert": 3,
-        "train_crt": 1, "logits": 15, "calibrate": 1, "report": 1}
+        "train_decoupled": 2, "logits": 18, "calibrate": 1, "report": 1, "aggregate": 1}
 
 
 def _missing_requirements() -> str | None:
@@ -89,5 +90,5 @@ def test_tiny_pipeline_runs_through_slurm(slurm_cluster, tmp_path, monkeypatch):
     assert classes["TimeLimit"] == "10" and classes["ProcCnt"] == "1"
     # GPU jobs ran side by side: no local cap on the gpu resource serialised them.
     gpu_jobs = sorted((jobs[i]["StartTime"], jobs[i]["EndTime"]) for i, rule in rule_of_job.items()
-                      if rule in ("train_expert", "train_crt", "logits"))
+                      if rule in ("train_expert", "train_decoupled", "logits"))
     assert any(later_start < end for (_, end), (later_start, _) in zip(gpu_jobs, gpu_jobs[1:]))

@@ -63,6 +63,20 @@ def test_interrupted_fit_resumes_to_identical_weights(tmp_path):
     assert metrics.drop(columns="seconds").equals(expected.drop(columns="seconds"))
 
 
+def test_finished_fit_keeps_its_result_and_restores_it_without_training(tmp_path):
+    reference_model, reference = _fit(tmp_path)
+    kept = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert kept["stopped"] and kept["epoch"] == SETTINGS.epochs
+    assert "optimizer" not in kept and "model" not in kept  # only what the result is made of
+    lines = []
+    _, restored = _fit(tmp_path, interrupt_at_epoch=1, lines=lines)  # an epoch would raise
+    assert any("toy: training had finished (4 epochs" in line and "no epoch runs again" in line for line in lines)
+    assert restored["best_epoch"] == reference["best_epoch"]
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(value, restored["state_dict"][key]), key
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
+
+
 def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     with pytest.raises(Interrupted):
         _fit(tmp_path, fingerprint="old settings", interrupt_at_epoch=3)

@@ -12,3 +12,7 @@ SPLIT_NAMES = ("many", "medium", "few")
 
 DATA_SPLITS = ("train", "val", "test")
 """The three data splits every model is scored on."""
+
+DECOUPLED_METHODS = ("crt", "lws")
+"""The decoupled classifiers re-trained on the frozen base model (Kang et al. 2020), each
+its own model (``models/<method>/``) and report row (``base_<method>``)."""

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .runtime import ArtifactError, load_torch_file, save_torch_file
+
 
 @dataclass
 class ExpertOutputs:
@@ -219,6 +221,21 @@ def calibration_state(model: JointCalibration, expert_names: list[str]) -> dict:
         "scales": [s.detach().cpu() for s in model.scales],
         "biases": [b.detach().cpu() for b in model.biases],
     }
+
+
+def save_calibration(path, model: JointCalibration, expert_names: list[str]) -> None:
+    """Write the fitted calibration atomically (see :func:`calibration_state`)."""
+    save_torch_file(calibration_state(model, expert_names), path)
+
+
+def read_calibration(path) -> dict:
+    """A calibration file's state; :class:`ArtifactError` (naming the file and the fix) if it
+    is damaged or not one of ours."""
+    state = load_torch_file(path)
+    keys = {"experts", "num_classes", "prior_correction", "scales", "biases"}
+    if not isinstance(state, dict) or not keys <= state.keys():
+        raise ArtifactError(path, f"a torch file, but not a calibration of this workflow (no {sorted(keys)})")
+    return state
 
 
 def calibration_from_state(state: dict) -> JointCalibration:

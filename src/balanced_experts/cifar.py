@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .lists import write_list
+from .runtime import replacing_folder
 from .synthetic import long_tail_counts
 
 # Member names inside each archive (torchvision's layout).
@@ -126,21 +127,23 @@ def long_tail_selection(labels: np.ndarray, num_classes: int, spec: CifarLTSpec)
     return val, train, counts
 
 
-def write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray,
-                indices: np.ndarray) -> int:
-    """PNG files ``images/<split>/<class>/<index>.png`` and the list ``<split>.txt``."""
+def write_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray,
+                indices: np.ndarray) -> list[str]:
+    """PNG files ``<folder>/<split>/<class>/<index>.png``; returns their paths as the list
+    file names them (``images/<split>/...``)."""
     paths = []
     for i in indices:
-        rel = f"images/{split}/{int(labels[i]):03d}/{int(i):05d}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i]).save(root / rel, optimize=False, compress_level=1)
-        paths.append(rel)
-    write_list(root / f"{split}.txt", paths, labels[indices])
-    return len(paths)
+        rel = f"{split}/{int(labels[i]):03d}/{int(i):05d}.png"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / rel, optimize=False, compress_level=1)
+        paths.append(f"images/{rel}")
+    return paths
 
 
 def prepare(archive: str | Path, spec: CifarLTSpec, root: str | Path, log=print) -> dict:
-    """Write the long-tailed train, held-out val and full test split under ``root``."""
+    """Write the long-tailed train, held-out val and full test split under ``root``: PNG
+    files in ``root/images``, which replaces the folder whole once every image is written
+    (a failed run leaves no partial folder), then the lists ``root/<split>.txt``."""
     root = Path(root)
     data = read_archive(archive, spec.variant)
     train_images, train_labels = data["train"]
@@ -151,9 +154,10 @@ def prepare(archive: str | Path, spec: CifarLTSpec, root: str | Path, log=print)
     val, train, counts = long_tail_selection(train_labels, num_classes, spec)
     log(f"{spec.variant}: {num_classes} classes, train counts {counts[0]} -> {counts[-1]} "
         f"(imbalance {spec.imbalance:g}), {spec.val_per_class} val per class")
-    return {
-        "train": write_split(root, "train", train_images, train_labels, train),
-        "val": write_split(root, "val", train_images, train_labels, val),
-        "test": write_split(root, "test", test_images, test_labels,
-                            np.arange(len(test_labels))),
-    }
+    splits = {"train": (train_images, train_labels, train), "val": (train_images, train_labels, val),
+              "test": (test_images, test_labels, np.arange(len(test_labels)))}
+    with replacing_folder(root / "images") as staged:
+        paths = {split: write_split(staged, split, *arrays) for split, arrays in splits.items()}
+    for split, (_, labels, indices) in splits.items():
+        write_list(root / f"{split}.txt", paths[split], labels[indices])
+    return {split: len(names) for split, names in paths.items()}

@@ -15,10 +15,13 @@ Two paths serve every dataset:
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .lists import ImageList
+from .runtime import ArtifactError, reading, replacing, unreadable
 
 # torchvision is imported where the file path needs it, not here: importing it costs
 # 1.5 s per job (it pulls in torch._dynamo), and the preloaded datasets never use it.
@@ -63,15 +67,17 @@ class ImageFileError(RuntimeError):
     """An image named by a list file that cannot be read."""
 
 
+def describe_image(root: Path, image_list: ImageList, index: int) -> str:
+    """``<root>/<path> (<list file>, line <n>)``: how every error names an image."""
+    return f"{root / image_list.paths[index]} ({image_list.source}, line {image_list.line_of(index)})"
+
+
 def open_rgb(root: Path, image_list: ImageList, index: int) -> Image.Image:
-    path = root / image_list.paths[index]
     try:
-        with Image.open(path) as image:
+        with Image.open(root / image_list.paths[index]) as image:
             return image.convert("RGB")
     except (OSError, ValueError) as error:
-        raise ImageFileError(
-            f"cannot read image {path} ({image_list.source}, line {image_list.line_of(index)}): {error}"
-        ) from error
+        raise ImageFileError(f"cannot read image {describe_image(root, image_list, index)}: {error}") from error
 
 
 def check_files_exist(root: Path, image_list: ImageList) -> None:
@@ -82,10 +88,9 @@ def check_files_exist(root: Path, image_list: ImageList) -> None:
     """
     missing = [i for i, rel in enumerate(image_list.paths) if not (root / rel).is_file()]
     if missing:
-        first = missing[0]
         raise ImageFileError(
-            f"image {root / image_list.paths[first]} does not exist ({image_list.source}, line "
-            f"{image_list.line_of(first)}); {len(missing)} of {len(image_list)} listed images are missing"
+            f"image {describe_image(root, image_list, missing[0])} does not exist; "
+            f"{len(missing)} of {len(image_list)} listed images are missing"
         )
 
 
@@ -117,30 +122,46 @@ def write_image_cache(root: str | Path, image_list: ImageList, size: int, path: 
     """Decode a split once into a ``.npy`` file (N x 3 x size x size uint8, list order).
 
     Written through a memory map, so the array never has to fit in memory twice, and
-    atomically, so a killed job leaves no truncated cache behind.
+    atomically, so a failed or killed job leaves no truncated cache behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_list), 3, size, size))
-    try:
-        decode_all(Path(root), image_list, size, out)
-        out.flush()
-    except BaseException:
-        del out
-        tmp.unlink(missing_ok=True)  # an unreadable image must not leave a half-written cache
-        raise
-    del out
-    tmp.replace(path)
+    with replacing(path, suffix=".tmp.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_list), 3, size, size))
+        try:
+            _reserve_space(tmp)
+            decode_all(Path(root), image_list, size, out)
+            out.flush()
+        finally:
+            del out
 
 
-def read_image_cache(path: str | Path, image_list: ImageList, size: int) -> np.ndarray:
-    """The cache of a split, memory-mapped read-only: pages are shared by every job reading it."""
-    pixels = np.load(path, mmap_mode="r")
-    expected = (len(image_list), 3, size, size)
-    if pixels.shape != expected or pixels.dtype != np.uint8:
-        raise ValueError(f"image cache {path} holds {pixels.dtype} {pixels.shape}, expected uint8 {expected} "
-                         f"for {image_list.source}; delete it to rebuild")
+def _reserve_space(path: Path) -> None:
+    """Allocate the blocks of a memory-mapped file up front: a full disk then fails here
+    with ENOSPC, not with a SIGBUS crash when a page of the map is first written."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as error:
+                if error.errno == errno.ENOSPC:
+                    raise
+                # else a file system that cannot allocate ahead: blocks come as pages are written
+
+
+def read_image_cache(path: str | Path, image_list: ImageList | None, size: int) -> np.ndarray:
+    """The cache of a split, memory-mapped read-only: pages are shared by every job reading it.
+
+    Checked against the split (``image_list``; None: any number of images): an
+    :class:`ArtifactError` names a damaged cache or one of other images, and the fix.
+    """
+    with reading(path, ".npy array"):
+        pixels = np.load(path, mmap_mode="r", allow_pickle=False)
+    if not isinstance(pixels, np.ndarray):  # np.load opens a zip file too
+        raise unreadable(path, ".npy array")
+    rows = len(image_list) if image_list is not None else (pixels.shape[0] if pixels.ndim else -1)
+    if pixels.shape != (rows, 3, size, size) or pixels.dtype != np.uint8:
+        expected = f"({rows if image_list is not None else 'N'}, 3, {size}, {size})"
+        of = f" of {image_list.source}" if image_list is not None else ""
+        raise ArtifactError(path, f"holds {pixels.dtype} {pixels.shape}, not the uint8 {expected} images{of}")
     return pixels
 
 
@@ -166,10 +187,9 @@ class ImageSource:
                 source.pixels = read_image_cache(cache, image_list, spec.size)
             else:
                 rows = np.asarray(cache_rows)
-                full = np.load(cache, mmap_mode="r")
-                if full.ndim != 4 or full.shape[1:] != (3, spec.size, spec.size) or (
-                        len(rows) and rows.max() >= len(full)):
-                    raise ValueError(f"image cache {cache} ({full.shape}) does not fit {image_list.source}")
+                full = read_image_cache(cache, None, spec.size)
+                if len(rows) and rows.max() >= len(full):
+                    raise ArtifactError(cache, f"holds {len(full)} images, fewer than {image_list.source} needs")
                 source.pixels = np.ascontiguousarray(full[rows])  # a subset: copied once, small
         elif spec.preload:
             size = spec.size
@@ -210,15 +230,17 @@ class ImageSource:
         train: bool,
         device: torch.device,
         generator: torch.Generator | None = None,
+        shuffle: bool | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, targets)`` on ``device``; shuffled (with ``generator``) when training.
 
         ``indices`` select entries of the list; ``targets`` are the labels to train on
-        (global labels for the base model, remapped ones for an expert).
+        (global labels for the base model, remapped ones for an expert). ``shuffle=False``
+        keeps the given order in training (a sampler's batches), augmentation still on.
         """
         indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-        if train:
+        if train if shuffle is None else shuffle:
             order = torch.randperm(len(indices), generator=generator)
             indices, targets = indices[order], targets[order]
         if self.pixels is not None:
@@ -289,9 +311,10 @@ class ImageSource:
         s = self.spec
         normalize = self._normalizer(device, 1.0)  # the crops below are floats in [0, 1]
         for items in loader:
-            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _ in items]
-            y = torch.tensor([target for _, target in items])
-            images = decode_images(encoded, device)
+            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data, _, _ in items]
+            y = torch.tensor([target for _, target, _ in items])
+            images = decode_images(encoded, device,
+                                   lambda k: describe_image(self.root, self.image_list, items[k][2]))
             crops = []
             for image in images:
                 h, w = image.shape[-2:]
@@ -326,42 +349,79 @@ class _EncodedDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
+        """``(file bytes, target, list index)``; the index names the file if it fails to decode."""
         index = int(self.indices[i])
-        path = self.root / self.image_list.paths[index]
         try:
             # Plain bytes, not a tensor: a tensor would cross to the main process as a
             # shared-memory file descriptor per image, and hundreds in flight exhaust them.
-            data = path.read_bytes()
+            data = (self.root / self.image_list.paths[index]).read_bytes()
         except OSError as error:
-            raise ImageFileError(f"cannot read image {path} ({self.image_list.source}, line "
-                                 f"{self.image_list.line_of(index)}): {error}") from error
-        return data, int(self.targets[i])
+            raise ImageFileError(
+                f"cannot read image {describe_image(self.root, self.image_list, index)}: {error}") from error
+        return data, int(self.targets[i]), index
 
 
 def _keep_list(items):
     return items
 
 
-def decode_images(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def decode_images(encoded: list[torch.Tensor], device: torch.device,
+                  name_of: Callable[[int], str] = lambda k: f"#{k} of the batch") -> list[torch.Tensor]:
     """3 x H x W uint8 RGB images on ``device`` from encoded files.
 
     JPEGs are decoded as one batch on ``device`` (nvJPEG on CUDA); anything else (PNG, ...)
-    on the CPU and copied over.
+    on the CPU and copied over. One file nvJPEG cannot decode (a CMYK JPEG; ImageNet has
+    about 22) or a truncated one fails the whole batch with an error that names no file:
+    then the batch's JPEGs are decoded one by one on the CPU, and a file that fails there
+    too raises :class:`ImageFileError` naming it (``name_of(k)`` names the k-th image).
     """
-    import torchvision
-
     is_jpeg = [len(data) > 2 and data[0] == 0xFF and data[1] == 0xD8 for data in encoded]
     images: list[torch.Tensor | None] = [None] * len(encoded)
-    jpegs = [data for data, jpeg in zip(encoded, is_jpeg) if jpeg]
-    if jpegs:
-        decoded = torchvision.io.decode_jpeg(jpegs, mode=torchvision.io.ImageReadMode.RGB, device=device)
-        positions = [i for i, jpeg in enumerate(is_jpeg) if jpeg]
-        for position, image in zip(positions, decoded):
-            images[position] = image
-    for i, jpeg in enumerate(is_jpeg):
-        if not jpeg:
-            images[i] = torchvision.io.decode_image(encoded[i], mode=torchvision.io.ImageReadMode.RGB).to(device)
+    positions = [k for k, jpeg in enumerate(is_jpeg) if jpeg]
+    if positions:
+        try:
+            decoded = _decode_jpeg_batch([encoded[k] for k in positions], device)
+        except RuntimeError:
+            decoded = [None] * len(positions)  # decoded one by one below
+        for k, image in zip(positions, decoded):
+            images[k] = image
+    for k, image in enumerate(images):
+        if image is None:
+            images[k] = _decode_on_cpu(encoded[k], name_of(k)).to(device)
     return images
+
+
+def _decode_jpeg_batch(jpegs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    wait_for_device(device)
+    return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+
+
+def wait_for_device(device: torch.device) -> None:
+    """Before a device decode, wait for the work queued on ``device``'s current stream; a no-op
+    on the CPU.
+
+    torchvision's CUDA ``decode_jpeg`` allocates its outputs on the caller's stream but
+    writes them from a private stream that does not wait for it (pytorch/vision#9606), so
+    it can overwrite memory that a queued forward pass still reads (freed by the caller,
+    recycled by the caching allocator): silently wrong inputs, logits and cRT features.
+    Nothing else between two batches syncs with the host (``predict`` never does).
+    """
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+def _decode_on_cpu(data: torch.Tensor, name: str) -> torch.Tensor:
+    """One image by the CPU decoders (libjpeg reads CMYK JPEGs too), or an error naming it."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        # torchvision prefixes its C++ source location ("decode_jpeg, .../decode_jpeg.cpp:171, ").
+        message = re.sub(r"^.*\.cpp:\d+, ", "", str(error))
+        raise ImageFileError(f"cannot read image {name}: {message}") from error
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

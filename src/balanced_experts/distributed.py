@@ -75,3 +75,26 @@ def epoch_shard(num_items: int, generator: torch.Generator, rank: int, world_siz
     order = torch.cat([order, order[: padded_length - num_items]])
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return order[rank::world_size], torch.Generator().manual_seed(seed + rank)
+
+
+def sync_batchnorm_layers(model: torch.nn.Module, device: torch.device, enabled: bool = True) -> int:
+    """Make every BatchNorm layer of ``model`` a SyncBatchNorm, in place, when ``enabled`` and
+    ``device`` is CUDA; returns how many were converted (0: left as they are).
+
+    For a process group's training: each rank's BatchNorm would otherwise normalise with
+    the statistics of its own share of the batch (16 images of Places-LT's 64 on 4 GPUs),
+    and the running statistics would be those of rank 0's shares alone. Synchronised, they
+    are those of the global batch, as on one GPU. The parameters and buffers stay the same
+    objects (the optimizer's parameters, the state-dict names and the weights files do not
+    change), and so does each layer's train or eval mode: a frozen layer kept in eval mode
+    (:func:`balanced_experts.models.train_mode`) normalises with its running statistics and
+    synchronises nothing; one kept in train mode synchronises its batch statistics.
+
+    CUDA only: torch's SyncBatchNorm refuses CPU tensors in training, so CPU processes
+    (gloo) keep per-process BatchNorm.
+    """
+    if not enabled or device.type != "cuda":
+        return 0
+    count = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the layers inside model
+    return count

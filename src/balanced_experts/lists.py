@@ -78,9 +78,10 @@ def read_list(path: str | Path) -> ImageList:
 
 
 def write_list(path: str | Path, paths: list[str], labels) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    """Write a list file atomically; a write error names it."""
+    from .runtime import replacing  # not at the top: the Snakefile imports this module, and runtime imports torch
+
+    with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         for rel, label in zip(paths, labels):
             handle.write(f"{rel} {int(label)}\n")
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .experts import REJECT
-from .runtime import autocast
+from .runtime import ArtifactError, autocast, reading, replacing
 
 META_KEY = b"balanced_experts"
 
@@ -53,8 +53,6 @@ def column_names(output_class_ids) -> list[str]:
 
 def write_logits(path: str | Path, table: LogitsTable) -> None:
     """Write atomically: a killed job never leaves a truncated Parquet file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     logits = np.ascontiguousarray(table.logits, dtype=np.float32)
     arrays = [
         pa.array(np.asarray(table.sample_ids, dtype=np.int64)),
@@ -65,32 +63,39 @@ def write_logits(path: str | Path, table: LogitsTable) -> None:
     meta = dict(table.meta, output_class_ids=[int(c) for c in table.output_class_ids])
     schema = pa.schema([pa.field(n, a.type) for n, a in zip(names, arrays)],
                        metadata={META_KEY: json.dumps(meta).encode()})
-    tmp = path.with_name(path.name + ".tmp")
     # Logits are distinct floats: dictionary encoding only grows them (119 instead of 81 MB
     # at 20,000 x 1,003) and, with per-column min/max statistics nobody filters on, made
     # writing 6x slower.
-    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp,
-                   use_dictionary=False, write_statistics=["sample_id", "label"])
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp,
+                       use_dictionary=False, write_statistics=["sample_id", "label"])
 
 
 def read_logits(path: str | Path) -> LogitsTable:
-    table = pq.read_table(path)
+    """A logits file; :class:`ArtifactError` (naming the file and the fix) if it is damaged
+    or not one of ours."""
+    with reading(path, "Parquet file"):
+        table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
-        raise ValueError(f"{path}: not a logits file of this project (no '{META_KEY.decode()}' metadata)")
-    meta = json.loads(raw)
-    output_class_ids = np.asarray(meta["output_class_ids"], dtype=np.int64)
-    names = column_names(output_class_ids)
-    # Columns stacked as rows, then one transposing copy (torch's uses every thread): 1.5x
-    # faster than stacking them as columns of a row-major array.
-    by_column = np.stack([table.column(n).to_numpy() for n in names]).astype(np.float32, copy=False)
+        raise ArtifactError(path, f"a Parquet file, but not logits of this workflow (no "
+                                  f"'{META_KEY.decode()}' metadata)")
+    try:
+        meta = json.loads(raw)
+        output_class_ids = np.asarray(meta["output_class_ids"], dtype=np.int64)
+        names = column_names(output_class_ids)
+        # Columns stacked as rows, then one transposing copy (torch's uses every thread): 1.5x
+        # faster than stacking them as columns of a row-major array.
+        by_column = np.stack([table.column(n).to_numpy() for n in names]).astype(np.float32, copy=False)
+        columns = {n: table.column(n) for n in ("label", "sample_id", "path")}
+    except (KeyError, TypeError, ValueError) as error:  # json, a missing key or column
+        raise ArtifactError(path, f"logits whose columns do not match their metadata ({error})") from None
     logits = torch.from_numpy(by_column).T.contiguous().numpy()
     return LogitsTable(
         logits=logits,
-        labels=table.column("label").to_numpy().astype(np.int64),
-        sample_ids=table.column("sample_id").to_numpy().astype(np.int64),
-        paths=table.column("path").to_pylist(),
+        labels=columns["label"].to_numpy().astype(np.int64),
+        sample_ids=columns["sample_id"].to_numpy().astype(np.int64),
+        paths=columns["path"].to_pylist(),
         output_class_ids=output_class_ids,
         meta=meta,
     )

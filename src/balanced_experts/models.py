@@ -1,9 +1,11 @@
 """Backbones and the classifier used by the base model and every expert.
 
 A model is ``backbone -> global pool -> fc (embed_dim) -> ReLU -> classifier``, the
-OLTR/experts architecture. ``num_learnable`` selects what an expert fine-tunes:
--1 everything; 1 the classifier; 2 classifier + fc; k >= 3 additionally the last
-k - 2 backbone stages.
+OLTR/experts architecture; with ``embed_dim: null`` the classifier sits directly on the
+pooled trunk features (Decoupling's models, e.g. ResNeXt-50 on 2048-d features).
+``num_learnable`` selects what an expert fine-tunes: -1 everything; 1 the classifier;
+2 classifier + fc; k >= 3 additionally the last k - 2 backbone stages (the indices keep
+their meaning without an fc layer, where 2 is refused: it would add nothing to 1).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .runtime import ArtifactError, load_torch_file, save_torch_file
 
 
 class BasicBlock(nn.Module):
@@ -102,11 +106,12 @@ def _make_trunk(name: str, width: int | None) -> nn.Module:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(known)}")
     from torchvision.models import resnet
 
-    block, layers = TORCHVISION_LAYOUTS[name]
-    return TorchvisionResNetTrunk(resnet.ResNet(getattr(resnet, block), layers))
+    block, layers, *options = TORCHVISION_LAYOUTS[name]
+    return TorchvisionResNetTrunk(resnet.ResNet(getattr(resnet, block), layers, **(options[0] if options else {})))
 
 
-# ImageNet-style ResNets: torchvision's ResNet with these blocks and stage depths.
+# ImageNet-style ResNets: torchvision's ResNet with these blocks, stage depths and (for
+# ResNeXt) grouped 3x3 convolutions, as torchvision.models.resnext50_32x4d builds it.
 TORCHVISION_LAYOUTS = {
     "resnet10": ("BasicBlock", [1, 1, 1, 1]),
     "resnet18": ("BasicBlock", [2, 2, 2, 2]),
@@ -114,25 +119,41 @@ TORCHVISION_LAYOUTS = {
     "resnet50": ("Bottleneck", [3, 4, 6, 3]),
     "resnet101": ("Bottleneck", [3, 4, 23, 3]),
     "resnet152": ("Bottleneck", [3, 8, 36, 3]),
+    "resnext50_32x4d": ("Bottleneck", [3, 4, 6, 3], {"groups": 32, "width_per_group": 4}),
 }
 
 
 class LongTailNet(nn.Module):
-    """Trunk -> global average pool -> fc(embed_dim) -> ReLU -> classifier(num_outputs)."""
+    """Trunk -> global average pool -> fc(embed_dim) -> ReLU -> classifier(num_outputs).
 
-    def __init__(self, backbone: str, num_outputs: int, embed_dim: int = 512, width: int | None = None):
+    ``embed_dim=None``: no fc layer (and no ReLU); the classifier reads the pooled trunk
+    features, ``trunk.out_features`` wide.
+    """
+
+    def __init__(self, backbone: str, num_outputs: int, embed_dim: int | None = 512, width: int | None = None):
         super().__init__()
         self.trunk = _make_trunk(backbone, width)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.trunk.out_features, embed_dim)
+        self.fc = nn.Linear(self.trunk.out_features, embed_dim) if embed_dim is not None else None
         self.relu = nn.ReLU(inplace=True)
-        self.classifier = nn.Linear(embed_dim, num_outputs)
+        self.feature_dim = embed_dim if embed_dim is not None else self.trunk.out_features
+        self.classifier = nn.Linear(self.feature_dim, num_outputs)
 
+    # The head (pool, fc, classifier) runs in float32 even under bf16 autocast: the logits
+    # are stored as float32 and feed argmax and the calibration's NLL, and bf16 would round
+    # them to steps of 0.0625 for |z| in 8-16 (ties, coarse probabilities). The trunk's
+    # convolutions keep the autocast speed; the head is a negligible share of the FLOPs.
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.fc(torch.flatten(self.pool(self.trunk(x)), 1)))
+        """The classifier's input: ``feature_dim`` values per image, in float32."""
+        x = self.trunk(x)
+        with torch.autocast(x.device.type, enabled=False):
+            pooled = torch.flatten(self.pool(x.float()), 1)
+            return pooled if self.fc is None else self.relu(self.fc(pooled))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        features = self.features(x)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.classifier(features)
 
     def learnable_modules(self, num_learnable: int) -> list[nn.Module]:
         """The modules an expert fine-tunes for a given ``num_learnable``."""
@@ -141,7 +162,10 @@ class LongTailNet(nn.Module):
         if num_learnable < 1:
             raise ValueError(f"num_learnable must be -1 or >= 1, got {num_learnable}")
         modules: list[nn.Module] = [self.classifier]
-        if num_learnable >= 2:
+        if num_learnable == 2 and self.fc is None:
+            raise ValueError("num_learnable=2 adds the fc layer, and this model has none (embed_dim: null); "
+                             "use 1 (classifier) or >= 3 (classifier + the last num_learnable - 2 stages)")
+        if num_learnable >= 2 and self.fc is not None:
             modules.append(self.fc)
         stages = self.trunk.stages()
         extra = num_learnable - 2
@@ -167,26 +191,42 @@ def build_model(backbone_cfg: dict, num_outputs: int) -> LongTailNet:
 
 
 def set_learnable(model: LongTailNet, num_learnable: int) -> list[nn.Parameter]:
-    """Freeze everything but the chosen modules; returns the trainable parameters.
+    """Freeze everything but the modules ``num_learnable`` selects; returns the trainable parameters."""
+    return set_learnable_modules(model, model.learnable_modules(num_learnable))
 
-    Frozen modules are also kept in eval mode by :func:`train_mode`, so that their
-    BatchNorm statistics stay those of the base model.
-    """
-    learnable = model.learnable_modules(num_learnable)
+
+def set_learnable_modules(model: nn.Module, learnable: list[nn.Module]) -> list[nn.Parameter]:
+    """Freeze every parameter of ``model`` but those of ``learnable`` (remembered for
+    :func:`train_mode`); returns the trainable parameters."""
     for p in model.parameters():
         p.requires_grad_(False)
     for module in learnable:
         for p in module.parameters():
             p.requires_grad_(True)
-    model._learnable = learnable  # remembered for train_mode
+    model._learnable = learnable
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train_mode(model: LongTailNet) -> None:
-    """Train mode for the learnable modules only (frozen BatchNorm keeps its statistics)."""
-    learnable = getattr(model, "_learnable", [model])
+FROZEN_BN_MODES = ("train", "eval")
+
+
+def train_mode(model: nn.Module, frozen_bn: str = "train") -> None:
+    """The mode of every module while training, for the BatchNorm layers of frozen modules.
+
+    ``train`` (the original experts code, and Kang et al.'s decoupled classifiers): the
+    whole model is in train mode, so a frozen BatchNorm layer normalises with the batch's
+    statistics and re-estimates its running statistics on the data being trained on,
+    while its weight and bias stay frozen. ``eval``: only the learnable modules (see
+    :func:`set_learnable_modules`) are in train mode; frozen BatchNorm layers normalise
+    with, and keep, the running statistics they were loaded with.
+    """
+    if frozen_bn not in FROZEN_BN_MODES:
+        raise ValueError(f"frozen_bn must be one of {', '.join(FROZEN_BN_MODES)}, got {frozen_bn!r}")
+    if frozen_bn == "train":
+        model.train()
+        return
     model.eval()
-    for module in learnable:
+    for module in getattr(model, "_learnable", [model]):
         module.train()
 
 
@@ -195,22 +235,45 @@ def train_mode(model: LongTailNet) -> None:
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
     """Write ``{"state_dict", "meta"}`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "meta": meta}, tmp)
-    tmp.replace(path)
+    save_torch_file({"state_dict": state, "meta": meta}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``{"state_dict", "meta"}`` of a weights file; :class:`ArtifactError` if it is none."""
+    checkpoint = load_torch_file(path)
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)
+            and isinstance(checkpoint.get("meta"), dict)):
+        raise ArtifactError(path, "a torch file, but not model weights of this workflow "
+                                  "(no 'state_dict' and 'meta')")
+    return checkpoint
 
 
 def load_model(path: str | Path) -> tuple[LongTailNet, dict]:
     """Rebuild a model from its checkpoint; returns ``(model, meta)``."""
     checkpoint = load_checkpoint(path)
     meta = checkpoint["meta"]
-    model = build_model(meta["backbone"], len(meta["output_class_ids"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = build_model(meta["backbone"], len(meta["output_class_ids"]))
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ArtifactError(path, f"its tensors do not fit the model its metadata describes ({problem})") from None
     return model, meta
+
+
+def resume_checkpoint_path(weights_path: str | Path) -> Path:
+    """Where the training of ``weights_path`` keeps its epoch checkpoint: beside it, not a
+    declared output, so that Snakemake leaves it in place when the job fails or is cancelled."""
+    return Path(weights_path).with_name("resume.pt")
+
+
+def discard_resume_checkpoint(weights_path: str | Path) -> bool:
+    """Remove the epoch checkpoint kept beside ``weights_path`` once those weights are safe:
+    call it from a job that reads them, which Snakemake starts only after it has accepted
+    them. Until then the checkpoint restores them in seconds if Snakemake discards them
+    (see :func:`balanced_experts.training.fit`). Returns whether there was one."""
+    path = resume_checkpoint_path(weights_path)
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed

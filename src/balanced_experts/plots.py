@@ -19,6 +19,7 @@ METHOD_STYLES = {
     "base_logit_adjusted": ("#bcbd22", "v"),
     "base_tau_norm": ("#17becf", "^"),
     "base_crt": ("#9467bd", "s"),
+    "base_lws": ("#8c564b", "P"),
     "experts_naive": ("#ff9896", "x"),
     "experts_calibrated": ("#d62728", "D"),
 }
@@ -43,24 +44,36 @@ def _smooth(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.n
     return x[half:len(x) - window + half + 1], np.convolve(y, kernel, mode="valid")
 
 
-def per_class_accuracy_plot(per_class: pd.DataFrame, path: str | Path) -> None:
-    """Accuracy of each class against its training count (log x), per method, smoothed."""
+def per_class_accuracy_plot(per_class: list[pd.DataFrame], path: str | Path) -> None:
+    """Accuracy of each class against its training count (log x), per method, smoothed.
+
+    ``per_class``: one table per seed. Dots are the classes' accuracies averaged over the
+    seeds, lines the moving average; with several seeds a band spans one standard deviation
+    of the seeds' moving averages either side of the line.
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    counts = per_class["train_count"].to_numpy(dtype=float)
-    window = max(1, len(per_class) // 12)
+    first = per_class[0]
+    counts = first["train_count"].to_numpy(dtype=float)
+    window = max(1, len(first) // 12)
     for method, (color, marker) in METHOD_STYLES.items():
-        if method not in per_class:
+        if method not in first:
             continue
-        acc = per_class[method].to_numpy(dtype=float)
-        ax.scatter(counts, acc, s=8, color=color, alpha=0.25, marker=marker)
-        xs, ys = _smooth(counts, acc, window)
-        ax.plot(xs, ys, color=color, lw=2 if method == "experts_calibrated" else 1.3, label=method)
+        accs = np.stack([frame[method].to_numpy(dtype=float) for frame in per_class])
+        ax.scatter(counts, accs.mean(0), s=8, color=color, alpha=0.25, marker=marker)
+        curves = [_smooth(counts, acc, window) for acc in accs]
+        xs, ys = curves[0][0], np.stack([c[1] for c in curves])
+        ax.plot(xs, ys.mean(0), color=color, lw=2 if method == "experts_calibrated" else 1.3, label=method)
+        if len(per_class) > 1:
+            spread = ys.std(0, ddof=1)
+            ax.fill_between(xs, np.clip(ys.mean(0) - spread, 0, 100), np.clip(ys.mean(0) + spread, 0, 100),
+                            color=color, alpha=0.15, lw=0)
     ax.set_xscale("log")
-    _split_boundaries(ax, per_class)
+    _split_boundaries(ax, first)
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel("test top-1 accuracy of the class (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"Per-class accuracy (lines: moving average over {window} classes)")
+    spread = f"; bands: ± 1 std over {len(per_class)} seeds" if len(per_class) > 1 else "; one seed"
+    ax.set_title(f"Per-class accuracy (lines: moving average over {window} classes{spread})", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -94,13 +107,18 @@ def reliability_plot(predictions: pd.DataFrame, methods: list[str], path: str | 
     plt.close(fig)
 
 
-def training_curves_plot(metrics: dict[str, pd.DataFrame], path: str | Path) -> None:
-    """Training loss and validation accuracy per epoch, one line per model."""
+def training_curves_plot(metrics: dict[str, list[pd.DataFrame]], path: str | Path) -> None:
+    """Training loss and validation accuracy per epoch: one colour per model, one line per seed."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, frame in metrics.items():
-        loss_ax.plot(frame["epoch"], frame["train_loss"], marker=".", label=name)
-        acc_ax.plot(frame["epoch"], frame["val_acc"], marker=".", label=name)
-    loss_ax.set_title("training loss")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, frames) in enumerate(metrics.items()):
+        color = colors[index % len(colors)]
+        for seed_index, frame in enumerate(frames):
+            label = name if seed_index == 0 else None
+            loss_ax.plot(frame["epoch"], frame["train_loss"], marker=".", color=color, label=label)
+            acc_ax.plot(frame["epoch"], frame["val_acc"], marker=".", color=color, label=label)
+    seeds = max(len(frames) for frames in metrics.values())
+    loss_ax.set_title("training loss" + (f" ({seeds} seeds: one line each)" if seeds > 1 else ""))
     acc_ax.set_title("validation accuracy (%) (experts: their split + reject)")
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
@@ -124,5 +142,68 @@ def long_tail_plot(classes: pd.DataFrame, path: str | Path) -> None:
     ax.set_title("Long-tail profile of the training set")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+FOLDS = ("many", "medium", "few", "all")
+
+
+def _folds_figure(title: str):
+    """One panel per fold, methods on a shared y axis, listed top down in report order."""
+    fig, axes = plt.subplots(1, len(FOLDS), figsize=(3.4 * len(FOLDS), 4.2), sharey=True)
+    fig.suptitle(title, fontsize=10)
+    axes[0].invert_yaxis()  # once: the panels share the axis
+    return fig, axes
+
+
+def four_fold_plot(rows: pd.DataFrame, path: str | Path) -> None:
+    """Test accuracy per method and fold: mean over seeds (bar), ± 1 std (error bar), and
+    each seed's value (dots). ``rows``: every seed's report rows (a ``seed`` column)."""
+    methods = list(dict.fromkeys(rows["method"]))
+    seeds = rows["seed"].nunique()
+    spread = f"mean ± std over {seeds} seeds, dots: seeds" if seeds > 1 else "one seed: no spread"
+    fig, axes = _folds_figure(f"Test top-1 accuracy (%) ({spread})")
+    positions = np.arange(len(methods))
+    for ax, fold in zip(axes, FOLDS):
+        grouped = rows.groupby("method", sort=False)[fold]
+        mean, std = grouped.mean().reindex(methods), grouped.std(ddof=1).reindex(methods)
+        colors = [METHOD_STYLES.get(m, ("#444444", "o"))[0] for m in methods]
+        ax.barh(positions, mean, xerr=std.fillna(0) if seeds > 1 else None, color=colors, alpha=0.8,
+                capsize=3)
+        if seeds > 1:
+            for i, method in enumerate(methods):
+                values = rows.loc[rows["method"] == method, fold].to_numpy()
+                ax.scatter(values, np.full(len(values), i), s=10, color="black", zorder=3)
+        ax.set_title(fold)
+        ax.set_xlim(0, 100)
+        ax.set_yticks(positions, methods, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def comparison_plot(table: pd.DataFrame, path: str | Path) -> None:
+    """Settings side by side: per method and fold, one bar per setting (mean over seeds)
+    with ± 1 std. ``table``: the comparison (a ``setting`` column, ``<fold>_std`` columns)."""
+    settings = list(dict.fromkeys(table["setting"]))
+    methods = list(dict.fromkeys(table["method"]))
+    seeds = int(table["seeds"].min())
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed: no spread"
+    fig, axes = _folds_figure(f"Test top-1 accuracy (%) of the main settings and each variant ({spread})")
+    height = 0.8 / len(settings)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, fold in zip(axes, FOLDS):
+        for index, setting in enumerate(settings):
+            part = table[table["setting"] == setting].set_index("method").reindex(methods)
+            ax.barh(np.arange(len(methods)) + (index - (len(settings) - 1) / 2) * height, part[fold],
+                    height=height, xerr=part[f"{fold}_std"].fillna(0) if seeds > 1 else None,
+                    color=colors[index % len(colors)], label=setting, capsize=2)
+        ax.set_title(fold)
+        ax.set_xlim(0, 100)
+        ax.set_yticks(np.arange(len(methods)), methods, fontsize=8)
+    # Below the panels, clear of the bars.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(settings), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,16 +4,15 @@ re-trained baselines, and the fused experts; per-class accuracies and test predi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import SPLIT_NAMES
+from . import DECOUPLED_METHODS, SPLIT_NAMES
 from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
-                          oracle_predictions)
+                          oracle_predictions, read_calibration)
 from .logits import check_aligned, read_logits
 from .metrics import (expected_calibration_error, four_fold_accuracy, negative_log_likelihood,
                       per_class_accuracy)
@@ -24,13 +23,15 @@ METHODS = {
     "base": "plain cross-entropy model (the generalist)",
     "base_logit_adjusted": "base logits minus tau * log(train prior), tau chosen on val (Menon et al. 2021)",
     "base_tau_norm": "base classifier weights divided by their norm^tau, tau chosen on val (Kang et al. 2020)",
-    "base_crt": "classifier re-trained on frozen base features, class-balanced sampling (Kang et al. 2020)",
+    "base_crt": "classifier re-trained on the frozen base model, class-aware sampling (cRT, Kang et al. 2020)",
+    "base_lws": "base classifier with learnable per-class scales, class-aware sampling (LWS, Kang et al. 2020)",
     "experts_naive": "experts fused with identity calibration",
     "experts_prior": "experts fused with only the reject-prior correction",
     "experts_calibrated": "experts fused with the joint calibration fit on val (the method)",
     "oracle": "each image routed to the expert owning its true class (an upper bound)",
 }
 REPORT_COLUMNS = ["method", "many", "medium", "few", "all", "ece", "nll"]
+METRIC_COLUMNS = REPORT_COLUMNS[1:]
 ECE_BINS = 15
 
 
@@ -38,20 +39,21 @@ ECE_BINS = 15
 class Report:
     summary: pd.DataFrame  # one row per method: REPORT_COLUMNS
     per_class: pd.DataFrame  # class_id, train_count, split, one accuracy column per method
-    split_counts: pd.DataFrame  # split, classes, train_images, test_images
     predictions: pd.DataFrame  # sample_id, label, pred_<method>, conf_<method>
     info: dict  # the chosen taus and their validation accuracies
 
 
-def build_report(classes_csv, base_val, base_test, base_weights, crt_test, expert_logits: list,
+def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logits: list, expert_logits: list,
                  calibration) -> Report:
+    """``decoupled_logits``: test logits of the decoupled classifiers (rows ``base_<model>``);
+    ``expert_logits``: test logits of the experts."""
     classes = read_class_table(classes_csv)
     class_split = classes["split"].to_numpy()
     train_counts = classes["train_count"].to_numpy()
     num_classes = len(classes)
 
-    test = {"base": read_logits(base_test), "crt": read_logits(crt_test)}
-    for path in expert_logits:
+    test = {"base": read_logits(base_test)}
+    for path in list(decoupled_logits) + list(expert_logits):
         table = read_logits(path)
         test[table.meta["model"]] = table
     check_aligned(test)
@@ -65,7 +67,7 @@ def build_report(classes_csv, base_val, base_test, base_weights, crt_test, exper
     tn_tau, tn_val = choose_tau(lambda z, t: tau_normalised(z, weight, bias, t), val_base.logits, val_base.labels)
 
     # Fused experts.
-    state = torch.load(Path(calibration), map_location="cpu", weights_only=True)
+    state = read_calibration(calibration)
     missing = [n for n in state["experts"] if n not in test]
     if missing:
         raise ValueError(f"calibration covers experts {state['experts']}, but the test logits lack {missing}")
@@ -83,7 +85,7 @@ def build_report(classes_csv, base_val, base_test, base_weights, crt_test, exper
         "base": softmax(test["base"].logits),
         "base_logit_adjusted": softmax(logit_adjusted(test["base"].logits, train_counts, la_tau)),
         "base_tau_norm": softmax(tau_normalised(test["base"].logits, weight, bias, tn_tau)),
-        "base_crt": softmax(test["crt"].logits),
+        **{f"base_{name}": softmax(test[name].logits) for name in DECOUPLED_METHODS},
         **{name: log_p.exp().double().numpy() for name, log_p in fused.items()},
     }
 
@@ -102,19 +104,59 @@ def build_report(classes_csv, base_val, base_test, base_weights, crt_test, exper
         predictions[f"pred_{method}"] = pred.astype(np.int64)
         predictions[f"conf_{method}"] = probs.max(1) if probs is not None else np.full(len(labels), np.nan)
 
-    test_counts = np.bincount(labels, minlength=num_classes)
-    split_counts = pd.DataFrame(
-        [{"split": name, "classes": int((class_split == name).sum()),
-          "train_images": int(train_counts[class_split == name].sum()),
-          "test_images": int(test_counts[class_split == name].sum())} for name in SPLIT_NAMES]
-    )
     return Report(
         summary=pd.DataFrame(rows, columns=REPORT_COLUMNS),
         per_class=pd.concat([classes[["class_id", "train_count", "split"]],
                              pd.DataFrame(per_class)], axis=1),
-        split_counts=split_counts,
         predictions=pd.DataFrame(predictions),
         info={"logit_adjustment_tau": la_tau, "logit_adjustment_val_acc": la_val,
               "tau_norm_tau": tn_tau, "tau_norm_val_acc": tn_val, "ece_bins": ECE_BINS,
               "methods": METHODS},
     )
+
+
+def split_counts(classes: pd.DataFrame, test_labels: np.ndarray) -> pd.DataFrame:
+    """Classes, training images and test images of each class split."""
+    class_split = classes["split"].to_numpy()
+    train_counts = classes["train_count"].to_numpy()
+    test_counts = np.bincount(test_labels, minlength=len(classes))
+    return pd.DataFrame(
+        [{"split": name, "classes": int((class_split == name).sum()),
+          "train_images": int(train_counts[class_split == name].sum()),
+          "test_images": int(test_counts[class_split == name].sum())} for name in SPLIT_NAMES]
+    )
+
+
+# -- several seeds, several settings ---------------------------------------------------------
+
+def seed_rows(reports: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Every replicate's report rows (``seed -> report``), with a leading ``seed`` column."""
+    return pd.concat([report.assign(seed=seed)[["seed", *REPORT_COLUMNS]] for seed, report in reports.items()],
+                     ignore_index=True)
+
+
+def mean_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per method (in report order): the mean of every column over the seeds (the report's
+    columns, in their order), then each one's sample standard deviation (``<column>_std``,
+    ddof 1: empty for a single seed, which has no spread to estimate), then ``seeds``, the
+    number of seeds."""
+    grouped = rows.groupby("method", sort=False)
+    methods = [frame["method"].tolist() for _, frame in rows.groupby("seed", sort=False)]
+    if any(m != methods[0] for m in methods):
+        raise ValueError(f"the seeds' reports list different methods: {methods}")
+    return pd.concat([grouped[METRIC_COLUMNS].mean(), grouped[METRIC_COLUMNS].std(ddof=1).add_suffix("_std"),
+                      grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
+
+
+def mean_per_class(per_class: list[pd.DataFrame]) -> pd.DataFrame:
+    """Every class's accuracy under every method, averaged over the seeds' per-class tables."""
+    keys = ["class_id", "train_count", "split"]
+    stacked = pd.concat(per_class, ignore_index=True)
+    methods = [c for c in per_class[0].columns if c not in keys]
+    return stacked.groupby(keys, sort=False)[methods].mean().reset_index()
+
+
+def comparison(reports: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Settings side by side (``name -> report over seeds``), with a leading ``setting`` column."""
+    return pd.concat([report.assign(setting=name)[["setting", *report.columns]] for name, report in reports.items()],
+                     ignore_index=True)

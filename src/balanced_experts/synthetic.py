@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .lists import write_list
+from .runtime import replacing_folder
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,10 @@ def _render(prototype: dict, n: int, size: int, difficulty: float, rng: np.rando
 def generate(spec: SyntheticSpec, root: str | Path, log=print) -> dict[str, int]:
     """Write PNG images under ``root/images/<split>/<class>/`` and ``root/<split>.txt`` lists.
 
-    Returns the number of images written per split. Deterministic for a given spec.
+    Returns the number of images written per split. Deterministic for a given spec. The
+    images are written into a temporary folder that replaces ``root/images`` whole once
+    every image is written, and the lists after that: a failed run leaves no partial
+    folder of images, and a list never names a missing image.
     """
     root = Path(root)
     rng = np.random.default_rng(spec.seed)
@@ -140,23 +144,24 @@ def generate(spec: SyntheticSpec, root: str | Path, log=print) -> dict[str, int]
         "val": np.full(spec.num_classes, spec.val_per_class),
         "test": np.full(spec.num_classes, spec.test_per_class),
     }
-    written = {}
-    for split, counts in per_split.items():
-        paths: list[str] = []
-        labels: list[int] = []
-        for class_id, (prototype, n) in enumerate(zip(prototypes, counts)):
-            # One child generator per (split, class) keeps images independent of
-            # how many images other classes or splits have.
-            child = np.random.default_rng([spec.seed, {"train": 0, "val": 1, "test": 2}[split], class_id])
-            images = _render(prototype, int(n), spec.image_size, spec.difficulty, child)
-            folder = root / "images" / split / f"{class_id:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for index, pixels in enumerate(images):
-                rel = f"images/{split}/{class_id:03d}/{index:05d}.png"
-                Image.fromarray(pixels).save(root / rel, compress_level=1)
-                paths.append(rel)
-                labels.append(class_id)
+    lists: dict[str, tuple[list[str], list[int]]] = {}
+    with replacing_folder(root / "images") as staged:
+        for split, counts in per_split.items():
+            paths: list[str] = []
+            labels: list[int] = []
+            for class_id, (prototype, n) in enumerate(zip(prototypes, counts)):
+                # One child generator per (split, class) keeps images independent of
+                # how many images other classes or splits have.
+                child = np.random.default_rng([spec.seed, {"train": 0, "val": 1, "test": 2}[split], class_id])
+                images = _render(prototype, int(n), spec.image_size, spec.difficulty, child)
+                rel = f"{split}/{class_id:03d}"
+                (staged / rel).mkdir(parents=True, exist_ok=True)
+                for index, pixels in enumerate(images):
+                    Image.fromarray(pixels).save(staged / rel / f"{index:05d}.png", compress_level=1)
+                    paths.append(f"images/{rel}/{index:05d}.png")
+                    labels.append(class_id)
+            lists[split] = (paths, labels)
+            log(f"synthetic: wrote {len(paths)} {split} images")
+    for split, (paths, labels) in lists.items():
         write_list(root / f"{split}.txt", paths, labels)
-        written[split] = len(paths)
-        log(f"synthetic: wrote {len(paths)} {split} images")
-    return written
+    return {split: len(paths) for split, (paths, _) in lists.items()}

@@ -8,7 +8,8 @@ The epoch checkpoint holds everything the next epoch depends on (model, optimize
 schedule, the shuffling/augmentation generator, the global torch RNG, best-so-far state,
 metrics rows), so a run killed after epoch k and resumed is bit-identical on the CPU to
 one that was never interrupted. It carries a fingerprint of the run's settings and inputs
-and is ignored when that differs.
+and is ignored when that differs. Once training has finished it keeps the best weights,
+which a rerun restores instead of training again.
 """
 
 from __future__ import annotations
@@ -27,16 +28,25 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .distributed import rank_and_world_size
+from .distributed import rank_and_world_size, sync_batchnorm_layers
 from .models import train_mode
-from .runtime import autocast
+from .runtime import ArtifactError, autocast, load_torch_file, save_torch_file, writing
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """One model's training settings: the ``base`` or ``experts.<split>`` config section."""
+    """One model's training settings: the ``base``, ``experts.<split>``, ``crt`` or ``lws``
+    config section (keys of other purposes in it are ignored).
 
-    epochs: int = 30  # maximum number of epochs
+    Early stopping: with ``patience`` P, training stops after the P-th epoch in a row whose
+    validation accuracy is not strictly above the best so far, i.e. at epoch
+    ``best_epoch + P``, or after ``epochs`` (the schedule's length), whichever comes
+    first; the best epoch's weights are kept. The original experts code's
+    ``--stopping_criterion c`` stops when ``epoch > best_epoch + c``, one epoch later:
+    it is ``patience: c + 1``.
+    """
+
+    epochs: int = 30  # maximum number of epochs (cosine and warmup schedules span them)
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -45,8 +55,9 @@ class TrainSettings:
     step_size: int = 10
     gamma: float = 0.1
     warmup_epochs: int = 0
-    patience: int | None = None  # epochs without a better val accuracy before stopping
+    patience: int | None = None  # epochs without a better val accuracy that end training
     seed: int = 0
+    frozen_bn: str = "train"  # BatchNorm of frozen layers while training: see models.train_mode
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TrainSettings":
@@ -73,20 +84,14 @@ def run_fingerprint(settings: dict, files=()) -> str:
     return digest.hexdigest()
 
 
-def _save_atomically(state: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> dict | None:
     """The epoch checkpoint at ``path`` if it belongs to this run, else None (and it is removed)."""
     if path is None or not path.exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: start over rather than fail
-        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error}); starting from epoch 1")
+        state = load_torch_file(path)
+    except ArtifactError as error:  # a damaged or foreign file: start over rather than fail
+        log(f"{name}: ignoring unreadable epoch checkpoint {path} ({error.problem}); starting from epoch 1")
         path.unlink()
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
@@ -94,6 +99,24 @@ def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> d
             f"or inputs; starting from epoch 1")
         path.unlink()
         return None
+    return state
+
+
+def _load_resume_state_on_every_rank(path: Path | None, fingerprint: str, name: str, log,
+                                     device: torch.device) -> dict | None:
+    """:func:`_load_resume_state` under DDP: rank 0 alone reads the checkpoint, judges it and
+    removes a stale or unreadable one, while the other ranks wait for its verdict; they then
+    read the checkpoint it accepted. (Had every rank judged and removed it, the ranks that
+    lost the race would fail on the file another had just deleted.)"""
+    rank, world_size = rank_and_world_size()
+    if world_size == 1:
+        return _load_resume_state(path, fingerprint, name, log)
+    state = _load_resume_state(path, fingerprint, name, log) if rank == 0 else None
+    if _flag_from_rank_0(state is not None, device):
+        if rank != 0:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        # A barrier: rank 0 replaces or deletes the file only after every rank has read it.
+        _flag_from_rank_0(True, device)
     return state
 
 
@@ -146,8 +169,9 @@ def _silent(message: str) -> None:
     """The log of ranks other than 0: rank 0 speaks for the job."""
 
 
-def _stop_flag_from_rank_0(stopped: bool, device: torch.device) -> bool:
-    flag = torch.tensor([int(stopped)], device=device)
+def _flag_from_rank_0(value: bool, device: torch.device) -> bool:
+    """Rank 0's ``value`` on every rank (the others' ``value`` is ignored); every rank waits here."""
+    flag = torch.tensor([int(value)], device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
 
@@ -166,17 +190,23 @@ def fit(
     fingerprint: str = "",
     amp: bool = False,
     compile: bool = False,
+    sync_batchnorm: bool = True,
 ) -> dict:
     """Train ``parameters`` of ``model``; returns the best epoch's state dict and summary.
 
     ``train_batches(generator)`` yields one epoch of shuffled training batches;
     ``val_batches()`` yields the validation batches. The best epoch is the one with the
-    highest validation accuracy; training stops after ``settings.patience`` epochs
-    without improvement (if set) or at ``settings.epochs``.
+    highest validation accuracy (the first of equals); training stops at epoch
+    ``best_epoch + settings.patience`` (if set; see :class:`TrainSettings`) or at
+    ``settings.epochs``. The frozen parts of ``model`` train with their BatchNorm layers
+    in ``settings.frozen_bn`` mode (:func:`balanced_experts.models.train_mode`).
 
     With ``resume_path``, the state after every epoch is saved there (atomically), and a
     checkpoint found there with the same ``fingerprint`` (see :func:`run_fingerprint`)
-    is resumed from. The caller removes it once the final weights are safely written.
+    is resumed from. After the last epoch it keeps only the best weights and the metrics
+    rows, and stays: a run that finds it returns them without training again (the rerun
+    after Snakemake discarded a finished job's outputs). It is removed once the weights
+    are accepted (:func:`balanced_experts.models.discard_resume_checkpoint`).
 
     ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
     through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
@@ -185,8 +215,11 @@ def fit(
     :mod:`balanced_experts.distributed`), ``train_batches`` yields this rank's shard;
     gradients are averaged by DistributedDataParallel; the training loss and accuracy
     are summed over ranks; rank 0 alone validates, logs, writes the metrics and the
-    epoch checkpoint, and tells the others when to stop. Every rank reads the epoch
-    checkpoint to resume. The returned state dict is None on the other ranks.
+    epoch checkpoint, and tells the others when to stop. Rank 0 decides whether the epoch
+    checkpoint is resumed from; then every rank reads it. On CUDA, ``sync_batchnorm``
+    makes BatchNorm use the statistics of the global batch
+    (:func:`balanced_experts.distributed.sync_batchnorm_layers`). The returned state dict is None
+    on the other ranks.
     """
     rank, world_size = rank_and_world_size()
     is_main = rank == 0
@@ -203,29 +236,38 @@ def fit(
     rows: list[list[str]] = []  # the metrics CSV rows so far, also kept in the epoch checkpoint
     first_epoch, stopped = 1, False
     resume_path = Path(resume_path) if resume_path is not None else None
-    resumed = _load_resume_state(resume_path, fingerprint, name, log)
+    device = next(model.parameters()).device
+    resumed = _load_resume_state_on_every_rank(resume_path, fingerprint, name, log, device)
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        generator.set_state(resumed["generator"])
-        torch.set_rng_state(resumed["torch_rng"])
         best_acc, best_epoch, best_state = resumed["best_acc"], resumed["best_epoch"], resumed["best_state"]
         rows, stopped = resumed["rows"], resumed["stopped"]
         first_epoch = resumed["epoch"] + 1
-        log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
-            f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
+        if stopped:
+            log(f"{name}: training had finished ({resumed['epoch']} epochs, best {best_acc:.2f}% @ "
+                f"{best_epoch}): its weights are restored from {resume_path}, no epoch runs again")
+        else:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            generator.set_state(resumed["generator"])
+            torch.set_rng_state(resumed["torch_rng"])
+            log(f"{name}: resuming from epoch {resumed['epoch']} of {settings.epochs} "
+                f"(best {best_acc:.2f}% @ {best_epoch}), checkpoint {resume_path}")
 
     # Rewritten from the kept rows, so a resumed run never repeats an epoch's row.
     metrics_path = Path(metrics_path)
     fields = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
     if is_main:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with metrics_path.open("w", newline="") as handle:
+        with writing(metrics_path), metrics_path.open("w", newline="") as handle:
             csv.writer(handle).writerows([fields] + rows)
 
     # After resuming: DDP starts every rank from rank 0's weights and buffers.
-    device = next(model.parameters()).device
+    if world_size > 1:
+        converted = sync_batchnorm_layers(model, device, enabled=sync_batchnorm)
+        if converted:
+            log(f"{name}: {converted} BatchNorm layers use the statistics of the global batch "
+                f"over {world_size} processes (SyncBatchNorm)")
     # torch.compile wraps the plain model: it serves validation, and training when there is
     # one process; under several, training goes through the DDP wrapper (gradient averaging).
     forward = torch.compile(model) if compile else model
@@ -239,7 +281,7 @@ def fit(
     started = time.perf_counter()
     for epoch in range(first_epoch, last_epoch + 1):
         epoch_start = time.perf_counter()
-        train_mode(model)
+        train_mode(model, settings.frozen_bn)
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, correct, count = 0.0, 0, 0
         for x, y in train_batches(generator):
@@ -264,7 +306,7 @@ def fit(
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
         if not is_main:
             # Rank 0 decides (its validation, its BatchNorm statistics); the others follow.
-            stopped = _stop_flag_from_rank_0(False, device)
+            stopped = _flag_from_rank_0(False, device)
             if stopped:
                 break
             continue
@@ -285,21 +327,24 @@ def fit(
         row = [str(epoch), f"{train_loss:.6f}", f"{train_acc:.4f}", f"{val_loss:.6f}",
                f"{val_acc:.4f}", f"{lr:.8f}", f"{seconds:.3f}"]
         rows.append(row)
-        with metrics_path.open("a", newline="") as handle:
+        with writing(metrics_path), metrics_path.open("a", newline="") as handle:
             csv.writer(handle).writerow(row)
         if settings.patience is not None and epoch - best_epoch >= settings.patience:
             log(f"{name}: no better val accuracy for {settings.patience} epochs, stopping at epoch {epoch}")
             stopped = True
         if resume_path is not None:
-            _save_atomically({
-                "fingerprint": fingerprint, "epoch": epoch, "stopped": stopped,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "best_acc": best_acc,
-                "best_epoch": best_epoch, "best_state": best_state, "rows": rows,
-            }, resume_path)
+            # After the last epoch only the best weights and the metrics rows are kept (the
+            # size of the weights file): all a rerun needs to restore the result in seconds.
+            finished = stopped or epoch == settings.epochs
+            state = {"fingerprint": fingerprint, "epoch": epoch, "stopped": finished, "best_acc": best_acc,
+                     "best_epoch": best_epoch, "best_state": best_state, "rows": rows}
+            if not finished:
+                state.update(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), generator=generator.get_state(),
+                             torch_rng=torch.get_rng_state())
+            save_torch_file(state, resume_path)
         if world_size > 1:
-            _stop_flag_from_rank_0(stopped, device)
+            _flag_from_rank_0(stopped, device)
         if stopped:
             break
 

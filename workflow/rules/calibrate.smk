@@ -1,18 +1,20 @@
 rule calibrate:
     """Joint calibration of the three experts, fit on the validation logits only."""
     input:
-        val=expand("results/{{dataset}}/logits/{expert}/val.parquet", expert=EXPERTS),
+        val=lambda wildcards: [logits_file(expert, "val")(wildcards) for expert in EXPERTS],
         code=code("calibrate", "calibration", "logits", "runtime"),
     output:
-        calibration="results/{dataset}/calibration/calibration.pt",
-        summary="results/{dataset}/calibration/summary.json",
+        calibration="results/{setting}/seed{seed}/calibration/calibration.pt",
+        summary="results/{setting}/seed{seed}/calibration/summary.json",
     params:
-        calibration=section("calibration"),
+        **stage_params("calibrate"),
     conda:
         "../envs/pytorch.yaml"
     log:
-        "results/{dataset}/logs/calibrate.log",
+        "results/{setting}/seed{seed}/logs/calibrate.log",
     benchmark:
-        "results/{dataset}/benchmarks/calibrate.tsv"
+        "results/{setting}/seed{seed}/benchmarks/calibrate.tsv"
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/calibrate.py"

@@ -1,6 +1,7 @@
 import functools
 import glob
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +13,11 @@ sys.path.insert(0, _SRC)
 
 from snakemake.exceptions import WorkflowError  # noqa: E402
 
-from balanced_experts.configuration import ConfigError, check_config  # noqa: E402
+from balanced_experts.configuration import (ConfigError, check_config, parse_setting,  # noqa: E402
+                                            setting_key)
+from balanced_experts.experiments import (EXPERTS, MODELS, STAGES, Experiments,  # noqa: E402
+                                          training_stage)
+from balanced_experts import DATA_SPLITS, DECOUPLED_METHODS  # noqa: E402
 from balanced_experts.lists import (ListFormatError, check_labels_cover,  # noqa: E402
                                     check_labels_in_range, read_list)
 
@@ -24,13 +29,12 @@ try:
 except ConfigError as error:
     sys.exit(str(error))
 
+# Every setting (a dataset's main settings, named by the dataset, and each variant,
+# `<dataset>/variants/<variant>`) with its merged config; which stages a variant shares.
+EXPERIMENTS = Experiments.from_config(config)
 DATASETS = list(config["datasets"])
-EXPERTS = ["many", "medium", "few"]
 # Start order of the experts when they compete for cores (higher first); see rule train_expert.
 EXPERT_PRIORITY = {"many": 2, "medium": 1, "few": 0}
-# Every model whose logits are written: the base model, the experts, and the cRT baseline.
-MODELS = ["base"] + EXPERTS + ["crt"]
-DATA_SPLITS = ["train", "val", "test"]
 EXECUTION = config.get("execution", {})
 
 
@@ -52,11 +56,27 @@ def gpus_per_job():
     return 0
 
 
+def alternatives(names):
+    """A wildcard regex matching exactly one of ``names`` (never matches if there is none)."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+# `dataset`: data stages, one per dataset. `setting`: every other stage, with `seed` (the
+# replicate k, folder seed<k>) for the per-replicate ones: results/<setting>/seed<k>/...
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    expert="|".join(EXPERTS),
-    model="|".join(MODELS),
-    split="|".join(DATA_SPLITS),
+    dataset=alternatives(DATASETS),
+    setting=alternatives(EXPERIMENTS.settings),
+    seed=r"\d+",
+    expert=alternatives(EXPERTS),
+    model=alternatives(MODELS),
+    method=alternatives(DECOUPLED_METHODS),
+    split=alternatives(DATA_SPLITS),
+
+
+def job_attempt(wildcards, attempt):
+    """Resource `attempt` of every rule: 1, then 2, ... when `--retries` runs a failed job
+    again. The stage writes it in the header line that starts each attempt in its log."""
+    return attempt
 
 
 def code(script, *modules):
@@ -70,8 +90,16 @@ def code(script, *modules):
     return [f"workflow/scripts/{script}.py"] + [f"src/balanced_experts/{m}.py" for m in modules]
 
 
-def dataset_config(wildcards):
-    return config["datasets"][wildcards.dataset]
+def dataset_of(wildcards):
+    """The dataset of a job: its `dataset` wildcard, or its setting's dataset."""
+    if "dataset" in wildcards.keys():
+        return wildcards.dataset
+    return parse_setting(wildcards.setting)[0]
+
+
+def setting_config(wildcards):
+    """The merged config of the job's setting (a data job: its dataset's main settings)."""
+    return EXPERIMENTS.settings[wildcards.setting if "setting" in wildcards.keys() else wildcards.dataset]
 
 
 # Where each data kind's images and list files come from. `synthetic` and `cifar` are
@@ -79,17 +107,18 @@ def dataset_config(wildcards):
 PREPARED_DATA_KINDS = ("synthetic", "cifar")
 
 
-def existing_path(dataset, key, kind="file", hint=""):
-    """The path at config key ``datasets.<dataset>.<key>`` (dotted), which must exist.
+def existing_path(setting, key, kind="file", hint=""):
+    """The path at config key ``<key>`` (dotted) of a setting (a dataset's main settings or
+    a variant), which must exist.
 
     Called from input functions, so only for datasets a target actually needs: the
     default (synthetic) run does not care whether the Places-LT root exists here. The
     error is one line naming the key and the path, before any job starts.
     """
-    value = config["datasets"][dataset]
+    value = EXPERIMENTS.settings[setting]
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
-    where = f"config key datasets.{dataset}.{key}"
+    where = f"config key {setting_key(setting)}.{key}"
     if not value:
         raise WorkflowError(f"{where} is not set")
     if kind == "dir" and not Path(value).is_dir():
@@ -101,10 +130,10 @@ def existing_path(dataset, key, kind="file", hint=""):
 
 def image_root(wildcards):
     """Folder the list files' relative paths start from (must exist for image-reading jobs)."""
-    data = dataset_config(wildcards)["data"]
-    if data["kind"] in PREPARED_DATA_KINDS:
-        return f"results/{wildcards.dataset}/data"
-    return existing_path(wildcards.dataset, "data.root", kind="dir")
+    dataset = dataset_of(wildcards)
+    if EXPERIMENTS.settings[dataset]["data"]["kind"] in PREPARED_DATA_KINDS:
+        return f"results/{dataset}/data"
+    return existing_path(dataset, "data.root", kind="dir")
 
 
 def list_file(split, images=True):
@@ -115,13 +144,13 @@ def list_file(split, images=True):
     """
 
     def _list_file(wildcards):
-        data = dataset_config(wildcards)["data"]
-        if data["kind"] in PREPARED_DATA_KINDS:
-            return f"results/{wildcards.dataset}/data/{split}.txt"
+        dataset = dataset_of(wildcards)
+        if EXPERIMENTS.settings[dataset]["data"]["kind"] in PREPARED_DATA_KINDS:
+            return f"results/{dataset}/data/{split}.txt"
         if images:
             image_root(wildcards)
-        path = existing_path(wildcards.dataset, f"data.{split}_list")
-        check_list(wildcards.dataset, split)
+        path = existing_path(dataset, f"data.{split}_list")
+        check_list(dataset, split)
         return path
 
     return _list_file
@@ -162,44 +191,90 @@ def cifar_archive(wildcards):
 
 def pretrained_weights(wildcards):
     """Input function: the pretrained-weights file of the base model's backbone, if any."""
-    if not dataset_config(wildcards)["backbone"].get("pretrained"):
+    pretrained = setting_config(wildcards)["backbone"].get("pretrained")
+    if not pretrained:
         return []
-    return existing_path(wildcards.dataset, "backbone.pretrained.path",
+    # Named by the variant's key only when the variant sets weights of its own.
+    main = dataset_of(wildcards)
+    named = main if EXPERIMENTS.settings[main]["backbone"].get("pretrained") == pretrained else wildcards.setting
+    return existing_path(named, "backbone.pretrained.path",
                          hint=" (nothing is downloaded at run time; the README, Places-LT, says where to get it)")
 
 
 def datasets_of_kind(kind):
     """Wildcard regex of the configured datasets of one data kind (never matches if none)."""
-    names = [name for name, cfg in config["datasets"].items() if cfg["data"]["kind"] == kind]
-    return "|".join(names) if names else "(?!)"
+    return alternatives(name for name in DATASETS if EXPERIMENTS.settings[name]["data"]["kind"] == kind)
 
 
-def preloaded_datasets():
-    """Wildcard regex of the datasets with ``input.preload`` (never matches if none)."""
-    names = [name for name, cfg in config["datasets"].items() if cfg["input"].get("preload")]
-    return "|".join(names) if names else "(?!)"
+def stage_params(stage):
+    """A rule's params: its stage's config slices (experiments.STAGES) for the job's setting
+    and replicate, so that the rule reruns when, and only when, one of them changes."""
+
+    def param(name):
+        def _param(wildcards):
+            seed = int(wildcards.get("seed", 0))
+            # The job's expert, model or decoupled method (the other wildcards name no stage key).
+            key = next((wildcards.get(k) for k in ("expert", "model", "method") if k in wildcards.keys()), None)
+            return EXPERIMENTS.params(wildcards.setting, stage, seed, key)[name]
+
+        return _param
+
+    return {name: param(name) for name in STAGES[stage].slices}
+
+
+def folder(wildcards, stage, key=None):
+    """results/<owner>[/seed<k>]: where the job's setting (and replicate) finds the outputs of
+    ``stage``: the main settings' folder when its variant shares that stage, else its own."""
+    return EXPERIMENTS.folder(wildcards.setting, stage, int(wildcards.get("seed", 0)), key)
+
+
+def classes_table(wildcards):
+    """Input function: the classes table of the job's setting."""
+    return f"{folder(wildcards, 'classes')}/classes.csv"
 
 
 def image_cache(split):
-    """Input function: the decoded-once cache of a split, for preloaded datasets only.
+    """Input function: the decoded-once cache of a split, for preloaded settings only.
 
-    Jobs of other datasets read the image files themselves (nothing to declare), so a
-    dataset with ``preload: false`` never gets a cache job upstream of its training.
+    Jobs of other settings read the image files themselves (nothing to declare), so a
+    setting with ``preload: false`` never gets a cache job upstream of its training.
     """
 
     def _image_cache(wildcards):
-        if not dataset_config(wildcards)["input"].get("preload"):
+        if not setting_config(wildcards)["input"].get("preload"):
             return []
-        return f"results/{wildcards.dataset}/cache/{split}.npy"
+        return f"{folder(wildcards, 'image_cache')}/cache/{split}.npy"
 
     return _image_cache
 
 
+def model_path(setting, seed, model, name):
+    """A trained model's file ``name`` (weights.pt, metrics.csv) for replicate ``seed`` of
+    ``setting``, in the folder of the setting that trains it."""
+    stage, key = training_stage(model)
+    return f"{EXPERIMENTS.folder(setting, stage, int(seed), key)}/models/{model}/{name}"
+
+
+def model_file(model, name):
+    """Input function: a trained model's file ``name`` for the job's replicate;
+    ``model=None``: the job's `model` wildcard."""
+    return lambda wildcards: model_path(wildcards.setting, wildcards.seed, model or wildcards.model, name)
+
+
+def logits_file(model, split):
+    """Input function: one model's logits on one split for the job's replicate."""
+
+    def _logits_file(wildcards):
+        return f"{folder(wildcards, 'logits', model)}/logits/{model}/{split}.parquet"
+
+    return _logits_file
+
+
 def section(*keys):
-    """Params function: one slice of the job's dataset config (and nothing else)."""
+    """Params function: one slice of the job's merged config (and nothing else)."""
 
     def _section(wildcards):
-        value = dataset_config(wildcards)
+        value = setting_config(wildcards)
         for key in keys:
             value = value.get(key, {}) if isinstance(value, dict) else {}
         return value

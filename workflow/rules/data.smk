@@ -6,6 +6,9 @@ rule synthetic_data:
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
         test="results/{dataset}/data/test.txt",
+        # Declared, so that Snakemake removes the images of a failed or unfinished run; the
+        # job itself writes them into a temporary folder that replaces this one whole.
+        images=directory("results/{dataset}/data/images"),
     params:
         synthetic=section("data", "synthetic"),
     wildcard_constraints:
@@ -14,6 +17,8 @@ rule synthetic_data:
         "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/synthetic_data.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/synthetic_data.py"
 
@@ -22,11 +27,12 @@ rule cifar_data:
     """CIFAR-10/100-LT from the local python archive: PNG images plus train/val/test lists."""
     input:
         archive=cifar_archive,
-        code=code("cifar_data", "cifar", "lists", "synthetic"),
+        code=code("cifar_data", "cifar", "lists", "runtime", "synthetic"),
     output:
         train="results/{dataset}/data/train.txt",
         val="results/{dataset}/data/val.txt",
         test="results/{dataset}/data/test.txt",
+        images=directory("results/{dataset}/data/images"),  # as in synthetic_data
     params:
         cifar=section("data", "cifar"),
     wildcard_constraints:
@@ -35,6 +41,8 @@ rule cifar_data:
         "../envs/pytorch.yaml"
     log:
         "results/{dataset}/logs/cifar_data.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/cifar_data.py"
 
@@ -45,13 +53,15 @@ rule classes:
         train=list_file("train", images=False),
         code=code("classes", "lists", "runtime", "splits"),
     output:
-        classes="results/{dataset}/classes.csv",
+        classes="results/{setting}/classes.csv",
     params:
-        class_splits=section("class_splits"),
+        **stage_params("classes"),
     conda:
         "../envs/pytorch.yaml"
     log:
-        "results/{dataset}/logs/classes.log",
+        "results/{setting}/logs/classes.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/classes.py"
 
@@ -62,17 +72,38 @@ rule image_cache:
         images=lambda wildcards: list_file(wildcards.split)(wildcards),
         code=code("image_cache", "data", "lists", "runtime"),
     output:
-        cache="results/{dataset}/cache/{split}.npy",
+        cache="results/{setting}/cache/{split}.npy",
     params:
-        size=section("input", "size"),
+        **stage_params("image_cache"),
         root=image_root,
-    wildcard_constraints:
-        dataset=preloaded_datasets(),
     conda:
         "../envs/pytorch.yaml"
     log:
-        "results/{dataset}/logs/image_cache_{split}.log",
+        "results/{setting}/logs/image_cache_{split}.log",
     benchmark:
-        "results/{dataset}/benchmarks/image_cache_{split}.tsv"
+        "results/{setting}/benchmarks/image_cache_{split}.tsv"
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/image_cache.py"
+
+
+# It writes one small file: on a cluster, not worth a job of its own.
+localrules:
+    resolved_config,
+
+
+rule resolved_config:
+    """A setting's merged config (defaults, dataset, variant), written beside its results."""
+    input:
+        code=code("resolved_config", "runtime"),
+    output:
+        config="results/{setting}/resolved_config.yaml",
+    params:
+        settings=setting_config,
+    log:
+        "results/{setting}/logs/resolved_config.log",
+    resources:
+        attempt=job_attempt,
+    script:
+        "../scripts/resolved_config.py"

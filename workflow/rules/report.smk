@@ -1,93 +1,152 @@
-rule train_crt:
-    """cRT baseline: a fresh classifier on frozen base features, class-balanced sampling."""
-    input:
-        train=list_file("train"),
-        val=list_file("val"),
-        train_cache=image_cache("train"),
-        val_cache=image_cache("val"),
-        base="results/{dataset}/models/base/weights.pt",
-        code=code("train_crt", "crt", "logits", *TRAIN_MODULES),
-    output:
-        weights="results/{dataset}/models/crt/weights.pt",
-        metrics="results/{dataset}/models/crt/metrics.csv",
-    params:
-        train=section("crt"),
-        input=section("input"),
-        root=image_root,
-    conda:
-        "../envs/pytorch.yaml"
-    log:
-        "results/{dataset}/logs/train_crt.log",
-    benchmark:
-        "results/{dataset}/benchmarks/train_crt.tsv"
-    threads: EXECUTION.get("expert_threads", 1)
-    resources:
-        gpu=gpus_per_job(),
-    script:
-        "../scripts/train_crt.py"
+def replicate_files(path):
+    """Input function: ``path`` (under results/<setting>/seed<k>/) of every replicate of the
+    job's setting, in the order of its ``seeds``."""
+    return lambda wildcards: [f"results/{wildcards.setting}/seed{k}/{path}"
+                              for k in EXPERIMENTS.seeds(wildcards.setting)]
+
+
+def model_file_of_every_replicate(model, name):
+    """Input function: a trained model's file ``name`` of every replicate of the job's setting."""
+    return lambda wildcards: [model_path(wildcards.setting, k, model, name)
+                              for k in EXPERIMENTS.seeds(wildcards.setting)]
 
 
 rule report:
-    """Test accuracy (Many / Medium / Few / All), ECE and NLL of every method; tables and plots."""
+    """One replicate's test accuracy (Many / Medium / Few / All), ECE and NLL of every method."""
     input:
-        classes="results/{dataset}/classes.csv",
-        base_val="results/{dataset}/logits/base/val.parquet",
-        base_test="results/{dataset}/logits/base/test.parquet",
-        base_weights="results/{dataset}/models/base/weights.pt",
-        crt_test="results/{dataset}/logits/crt/test.parquet",
-        experts=expand("results/{{dataset}}/logits/{expert}/test.parquet", expert=EXPERTS),
-        calibration="results/{dataset}/calibration/calibration.pt",
-        metrics=expand("results/{{dataset}}/models/{model}/metrics.csv", model=["base"] + EXPERTS + ["crt"]),
+        classes=classes_table,
+        base_val=logits_file("base", "val"),
+        base_test=logits_file("base", "test"),
+        base_weights=model_file("base", "weights.pt"),
+        decoupled=lambda wildcards: [logits_file(method, "test")(wildcards) for method in DECOUPLED_METHODS],
+        experts=lambda wildcards: [logits_file(expert, "test")(wildcards) for expert in EXPERTS],
+        calibration=lambda wildcards: f"{folder(wildcards, 'calibrate')}/calibration/calibration.pt",
+        metrics=lambda wildcards: [model_file(model, "metrics.csv")(wildcards) for model in MODELS],
         code=code("report", "report", "baselines", "calibration", "logits", "metrics", "models", "plots",
                   "runtime", "splits"),
     output:
-        report=report(
-            "results/{dataset}/report.csv",
-            caption="../report/report.rst",
-            category="Results",
-            labels={"dataset": "{dataset}", "table": "four-fold accuracy"},
-        ),
-        per_class=report(
-            "results/{dataset}/per_class.csv",
-            caption="../report/per_class.rst",
-            category="Results",
-            labels={"dataset": "{dataset}", "table": "per-class accuracy"},
-        ),
-        split_counts=report(
-            "results/{dataset}/split_counts.csv",
-            caption="../report/split_counts.rst",
-            category="Results",
-            labels={"dataset": "{dataset}", "table": "class splits"},
-        ),
-        predictions="results/{dataset}/predictions/test.parquet",
-        info="results/{dataset}/report_info.json",
-        per_class_plot=report(
-            "results/{dataset}/plots/per_class_accuracy.png",
-            caption="../report/per_class_plot.rst",
-            category="Plots",
-            labels={"dataset": "{dataset}", "plot": "per-class accuracy"},
-        ),
-        reliability_plot=report(
-            "results/{dataset}/plots/reliability.png",
-            caption="../report/reliability.rst",
-            category="Plots",
-            labels={"dataset": "{dataset}", "plot": "reliability"},
-        ),
-        training_plot=report(
-            "results/{dataset}/plots/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="Plots",
-            labels={"dataset": "{dataset}", "plot": "training curves"},
-        ),
-        long_tail_plot=report(
-            "results/{dataset}/plots/long_tail.png",
-            caption="../report/long_tail.rst",
-            category="Plots",
-            labels={"dataset": "{dataset}", "plot": "long-tail profile"},
-        ),
+        report="results/{setting}/seed{seed}/report.csv",
+        per_class="results/{setting}/seed{seed}/per_class.csv",
+        predictions="results/{setting}/seed{seed}/predictions/test.parquet",
+        info="results/{setting}/seed{seed}/report_info.json",
+        per_class_plot="results/{setting}/seed{seed}/plots/per_class_accuracy.png",
+        reliability_plot="results/{setting}/seed{seed}/plots/reliability.png",
+        training_plot="results/{setting}/seed{seed}/plots/training_curves.png",
     conda:
         "../envs/pytorch.yaml"
     log:
-        "results/{dataset}/logs/report.log",
+        "results/{setting}/seed{seed}/logs/report.log",
+    resources:
+        attempt=job_attempt,
     script:
         "../scripts/report.py"
+
+
+rule aggregate:
+    """A setting's report over its seeds: mean and std per method and fold, and plots of the
+    spread; its merged config beside it."""
+    input:
+        reports=replicate_files("report.csv"),
+        per_class=replicate_files("per_class.csv"),
+        predictions=replicate_files("predictions/test.parquet"),
+        # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
+        **{f"metrics_{model}": model_file_of_every_replicate(model, "metrics.csv") for model in MODELS},
+        classes=classes_table,
+        config="results/{setting}/resolved_config.yaml",
+        code=code("aggregate", "report", "metrics", "plots", "runtime", "splits"),
+    output:
+        report=report(
+            "results/{setting}/report.csv",
+            caption="../report/report.rst",
+            category="Results",
+            labels={"setting": "{setting}", "table": "four-fold accuracy, mean over seeds"},
+        ),
+        seeds=report(
+            "results/{setting}/report_seeds.csv",
+            caption="../report/report_seeds.rst",
+            category="Results",
+            labels={"setting": "{setting}", "table": "four-fold accuracy of every seed"},
+        ),
+        per_class=report(
+            "results/{setting}/per_class.csv",
+            caption="../report/per_class.rst",
+            category="Results",
+            labels={"setting": "{setting}", "table": "per-class accuracy"},
+        ),
+        split_counts=report(
+            "results/{setting}/split_counts.csv",
+            caption="../report/split_counts.rst",
+            category="Results",
+            labels={"setting": "{setting}", "table": "class splits"},
+        ),
+        four_fold_plot=report(
+            "results/{setting}/plots/four_fold.png",
+            caption="../report/four_fold.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "four-fold accuracy"},
+        ),
+        per_class_plot=report(
+            "results/{setting}/plots/per_class_accuracy.png",
+            caption="../report/per_class_plot.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "per-class accuracy"},
+        ),
+        reliability_plot=report(
+            "results/{setting}/plots/reliability.png",
+            caption="../report/reliability.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "reliability"},
+        ),
+        training_plot=report(
+            "results/{setting}/plots/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "training curves"},
+        ),
+        long_tail_plot=report(
+            "results/{setting}/plots/long_tail.png",
+            caption="../report/long_tail.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "long-tail profile"},
+        ),
+    params:
+        seeds=lambda wildcards: EXPERIMENTS.seeds(wildcards.setting),
+    conda:
+        "../envs/pytorch.yaml"
+    log:
+        "results/{setting}/logs/aggregate.log",
+    resources:
+        attempt=job_attempt,
+    script:
+        "../scripts/aggregate.py"
+
+
+rule compare:
+    """A dataset's main settings and every variant side by side: mean and std per method and fold."""
+    input:
+        reports=lambda wildcards: [f"results/{setting}/report.csv"
+                                   for setting in [wildcards.dataset, *EXPERIMENTS.variants(wildcards.dataset)]],
+        code=code("compare", "report", "plots", "runtime"),
+    output:
+        comparison=report(
+            "results/{dataset}/comparison.csv",
+            caption="../report/comparison.rst",
+            category="Comparison",
+            labels={"dataset": "{dataset}", "table": "main settings and variants"},
+        ),
+        plot=report(
+            "results/{dataset}/plots/comparison.png",
+            caption="../report/comparison_plot.rst",
+            category="Comparison",
+            labels={"dataset": "{dataset}", "plot": "main settings and variants"},
+        ),
+    params:
+        settings=lambda wildcards: ["main", *(parse_setting(s)[1] for s in EXPERIMENTS.variants(wildcards.dataset))],
+    conda:
+        "../envs/pytorch.yaml"
+    log:
+        "results/{dataset}/logs/compare.log",
+    resources:
+        attempt=job_attempt,
+    script:
+        "../scripts/compare.py"

@@ -4,11 +4,12 @@ import json
 
 import torch
 
-from balanced_experts.calibration import calibration_state, expert_outputs_from_table, fit_calibration
+from balanced_experts.calibration import expert_outputs_from_table, fit_calibration, save_calibration
 from balanced_experts.logits import check_aligned, read_logits
-from balanced_experts.runtime import get_logger
+from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 
-log = get_logger("calibrate", snakemake.log[0])
+log = get_logger("calibrate", snakemake.log[0], snakemake.resources.get("attempt"))
+exit_briefly_on(log)
 cfg = dict(snakemake.params.calibration)
 tables = {}
 for path in snakemake.input.val:
@@ -28,6 +29,6 @@ with torch.no_grad():
     val_acc = (model(experts).argmax(1) == labels).float().mean().item() * 100
 summary["val_acc"] = val_acc
 log.info(f"calibrated experts: val top-1 {val_acc:.2f}%")
-torch.save(calibration_state(model, names), snakemake.output.calibration)
-with open(snakemake.output.summary, "w") as handle:
+save_calibration(snakemake.output.calibration, model, names)
+with writing(snakemake.output.summary), open(snakemake.output.summary, "w") as handle:
     json.dump(summary, handle, indent=2)

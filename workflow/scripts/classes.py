@@ -1,11 +1,11 @@
 """Stage: per-class training counts and the many/medium/few split (train list only)."""
 
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
-from balanced_experts.runtime import exit_briefly_on, get_logger
+from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 from balanced_experts.splits import (EmptySplitError, SplitRule, check_splits_not_empty, class_table,
                                      split_summary)
 
-log = get_logger("classes", snakemake.log[0])
+log = get_logger("classes", snakemake.log[0], snakemake.resources.get("attempt"))
 exit_briefly_on(log, ListFormatError, EmptySplitError)
 rule = SplitRule.from_config(snakemake.params.class_splits)
 train = read_list(snakemake.input.train)
@@ -17,4 +17,5 @@ log.info(f"{len(train)} training images, {num_classes} classes; rule {rule}")
 log.info("classes per split: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 # Fail here, before any expert is trained, rather than in the expert's job.
 check_splits_not_empty(table, rule)
-table.to_csv(snakemake.output.classes, index=False)
+with writing(snakemake.output.classes):
+    table.to_csv(snakemake.output.classes, index=False)

@@ -6,11 +6,11 @@ import torch
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.lists import ListFormatError, check_labels_in_range, read_list
 from balanced_experts.logits import LogitsTable, predict, write_logits
-from balanced_experts.models import load_model
+from balanced_experts.models import discard_resume_checkpoint, load_model
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 
 model_name, split = snakemake.wildcards.model, snakemake.wildcards.split
-log = get_logger(f"logits_{model_name}_{split}", snakemake.log[0])
+log = get_logger(f"logits_{model_name}_{split}", snakemake.log[0], snakemake.resources.get("attempt"))
 exit_briefly_on(log, ListFormatError, ImageFileError)
 execution = snakemake.config.get("execution", {})
 device = resolve_device(execution.get("device", "auto"))
@@ -43,3 +43,7 @@ summary = f"{model_name} on {split}: {len(image_list)} images x {logits.shape[1]
 if model_name == "base":  # outputs are the global classes in order
     summary += f", top-1 {100 * (logits.argmax(1) == image_list.labels).mean():.2f}%"
 log.info(f"{summary} -> {snakemake.output.logits}")
+# Snakemake started this job, so it has accepted the weights: the epoch checkpoint kept beside
+# them, to restore them had it discarded them, is no longer needed.
+if discard_resume_checkpoint(snakemake.input.weights):
+    log.info(f"removed the epoch checkpoint beside {snakemake.input.weights}: the weights are accepted")

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from balanced_experts.runtime import get_logger
+from balanced_experts.runtime import exit_briefly_on, get_logger
 from balanced_experts.synthetic import SyntheticSpec, generate
 
-log = get_logger("synthetic_data", snakemake.log[0])
+log = get_logger("synthetic_data", snakemake.log[0], snakemake.resources.get("attempt"))
+exit_briefly_on(log)
 spec = SyntheticSpec.from_config(snakemake.params.synthetic)
 log.info(f"generating {spec}")
 root = Path(snakemake.output.train).parent

@@ -6,7 +6,6 @@ rank 0 writes the log, metrics, epoch checkpoint and weights.
 """
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from balanced_experts.distributed import (epoch_shard, join_process_group, leave
                                           relaunch_under_torchrun, under_torchrun)
 from balanced_experts.experts import expert_training_set, expert_validation_set, output_class_ids
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
-from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
+from balanced_experts.models import build_model, load_model, resume_checkpoint_path, save_checkpoint, set_learnable
 from balanced_experts.pretrained import PretrainedWeightsError, load_trunk_weights
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.splits import read_class_table, split_class_ids
@@ -31,7 +30,7 @@ if processes > 1 and not under_torchrun():
 rank, world_size = 0, 1
 if under_torchrun():
     rank, world_size, device = join_process_group(device)
-log = get_logger(f"train_{name}", snakemake.log[0] if rank == 0 else None)
+log = get_logger(f"train_{name}", snakemake.log[0] if rank == 0 else None, snakemake.resources.get("attempt"))
 if rank != 0:
     log.setLevel(logging.WARNING)  # rank 0 speaks for the job
 exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
@@ -55,7 +54,7 @@ if name == "base":
             loaded = load_trunk_weights(model.trunk, pretrained["path"], pretrained.get("format", "torchvision"))
         except PretrainedWeightsError as error:
             # Name the config key: the user fixes the config, not this program.
-            message = f"datasets.{snakemake.wildcards.dataset}.backbone.pretrained.path: {error}"
+            message = f"{snakemake.params.config_key}.backbone.pretrained.path: {error}"
             log.error(message)
             raise SystemExit(message)
         log.info(f"trunk initialised from {loaded['path']} ({loaded['format']}, {loaded['tensors']} tensors)")
@@ -124,9 +123,9 @@ else:
                                     True, device, generator)
 
     steps_per_epoch = -(-len(train_source) // settings.batch_size)
-# The epoch checkpoint lies beside the outputs but is not one, so Snakemake keeps it when
-# the job dies; it is resumed only by a run of the same params, inputs and code.
-resume_path = Path(snakemake.output.weights).with_name("resume.pt")
+# The epoch checkpoint is resumed only by a run of the same params, inputs and code. It stays
+# after the weights are written, until a job that reads them removes it (see fit).
+resume_path = resume_checkpoint_path(snakemake.output.weights)
 fingerprint = run_fingerprint({"model": name, **dict(snakemake.params.items())}, snakemake.input)
 result = fit(
     model,
@@ -143,6 +142,7 @@ result = fit(
     fingerprint=fingerprint,
     amp=bool(execution.get("amp", True)),
     compile=bool(execution.get("compile", False)),
+    sync_batchnorm=bool(execution.get("sync_batchnorm", True)),
 )
 leave_process_group()
 if rank != 0:
@@ -158,5 +158,4 @@ meta = {
     **extra_meta,
 }
 save_checkpoint(snakemake.output.weights, model, meta)
-resume_path.unlink(missing_ok=True)  # only now: until the weights exist, it is the only copy
 log.info(f"wrote {snakemake.output.weights}")

@@ -1,0 +1,141 @@
+"""Experiments: settings, replicates, and which stages a variant shares with its dataset.
+
+A *setting* is a dataset's main settings, named by the dataset (``places``), or one of its
+variants, named ``<dataset>/variants/<variant>``; either name is also the folder under
+``results/`` that holds the setting's results. A *replicate* is one seed ``k`` of a
+setting: every seed its models draw from (weights, the expert's reject sample, shuffles and
+augmentation) is the configured one plus ``1000 k`` (:func:`replicate_seed`), so replicate
+0 is exactly the configured settings. Data, classes and image caches do not depend on k.
+
+:data:`STAGES` says, once for every stage, which slices of a setting's config it reads
+(exactly its rule's ``params``) and which stages' outputs it reads. A variant's stage is
+*shared* with the main settings, and its outputs are the main settings' files, when its
+slices equal the main settings' and every stage upstream of it is shared
+(:meth:`Experiments.owner`): a variant that changes only ``experts.few`` trains the few
+expert, scores it, and recalibrates, and shares everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import DECOUPLED_METHODS, SPLIT_NAMES
+from .configuration import parse_setting, resolve_settings
+
+EXPERTS = SPLIT_NAMES
+"""One expert per class split."""
+
+MODELS = ("base", *EXPERTS, *DECOUPLED_METHODS)
+"""Every model whose logits are written: the base model, the experts, the decoupled
+classifiers (cRT, LWS)."""
+
+SEED_STRIDE = 1000
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of replicate ``replicate`` for a model configured with ``seed``."""
+    return int(seed) + SEED_STRIDE * int(replicate)
+
+
+def training_stage(model: str) -> tuple[str, str | None]:
+    """``(stage, key)`` of the stage that trains ``model``."""
+    if model in EXPERTS:
+        return "train_expert", model
+    if model in DECOUPLED_METHODS:
+        return "train_decoupled", model
+    return f"train_{model}", None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one stage reads from its setting's config and from other stages.
+
+    ``slices``: rule param name -> config key path ("{key}" stands for the job's expert or
+    decoupled method);
+    ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads;
+    ``per_seed``: one job per replicate (else one per setting);
+    ``trains``: its ``train`` slice's ``seed`` is derived from the replicate.
+    """
+
+    slices: dict[str, tuple[str, ...]]
+    upstream: Callable[[str | None], list[tuple[str, str | None]]] = lambda key: []
+    per_seed: bool = True
+    trains: bool = False
+
+
+STAGES: dict[str, Stage] = {
+    "classes": Stage({"class_splits": ("class_splits",)}, per_seed=False),
+    "image_cache": Stage({"size": ("input", "size")}, per_seed=False),
+    "train_base": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",)},
+                        lambda key: [("image_cache", None)], trains=True),
+    "train_expert": Stage({"train": ("experts", "{key}"), "input": ("input",)},
+                          lambda key: [("image_cache", None), ("classes", None), ("train_base", None)],
+                          trains=True),
+    "train_decoupled": Stage({"train": ("{key}",), "input": ("input",)},
+                             lambda key: [("image_cache", None), ("train_base", None)], trains=True),
+    "logits": Stage({"input": ("input",)}, lambda model: [("image_cache", None), training_stage(model)]),
+    "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS]),
+}
+
+
+def _slice(settings: dict, path: tuple[str, ...], key: str | None):
+    """One slice of a setting's config; {} where the config leaves it out."""
+    value = settings
+    for part in path:
+        part = part.format(key=key)
+        value = value.get(part, {}) if isinstance(value, dict) else {}
+    return value
+
+
+@dataclass
+class Experiments:
+    """The settings of a checked config and the stages their replicates share."""
+
+    settings: dict[str, dict]
+    _owners: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Experiments":
+        return cls(resolve_settings(config))
+
+    def dataset(self, setting: str) -> str:
+        return parse_setting(setting)[0]
+
+    def variants(self, dataset: str) -> list[str]:
+        """The settings of ``dataset``'s variants, in config order."""
+        return [s for s in self.settings if parse_setting(s)[0] == dataset and s != dataset]
+
+    def seeds(self, setting: str) -> list[int]:
+        return list(self.settings[setting]["seeds"])
+
+    def params(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> dict:
+        """The params of ``stage``'s job for ``setting``, replicate ``seed`` and ``key`` (its
+        expert or model): its config slices, the training seed derived from the replicate."""
+        spec = STAGES[stage]
+        params = {name: _slice(self.settings[setting], path, key) for name, path in spec.slices.items()}
+        if spec.trains and seed:
+            params["train"] = {**params["train"], "seed": replicate_seed(params["train"].get("seed", 0), seed)}
+        return params
+
+    def owner(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> str:
+        """The setting whose folder holds the outputs of ``stage``'s job for ``setting``: its
+        dataset's main settings when the job's params equal theirs and every stage upstream
+        is shared with them too, else ``setting`` itself."""
+        main = self.dataset(setting)
+        if setting == main:
+            return main
+        memo = (setting, stage, seed, key)
+        if memo not in self._owners:
+            shared = (self.params(setting, stage, seed, key) == self.params(main, stage, seed, key)
+                      and all(self.owner(setting, up, seed, up_key) == main
+                              for up, up_key in STAGES[stage].upstream(key)))
+            self._owners[memo] = main if shared else setting
+        return self._owners[memo]
+
+    def folder(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> str:
+        """``results/<owner>`` (and ``/seed<k>`` for a per-replicate stage): where the
+        outputs of ``stage``'s job for ``setting`` lie."""
+        owner = self.owner(setting, stage, seed, key)
+        return f"results/{owner}" + (f"/seed{seed}" if STAGES[stage].per_seed else "")
+

@@ -1,0 +1,135 @@
+"""Layered settings (defaults, dataset, variant), the checks of the merged settings, and
+which stages a variant shares with its dataset's main settings."""
+
+import copy
+
+import pytest
+import yaml
+
+from balanced_experts.configuration import (config_problem, deep_merge, resolve_dataset, resolve_settings,
+                                            resolve_variant)
+from balanced_experts.experiments import MODELS, STAGES, Experiments, replicate_seed
+from conftest import REPO, TINY_DATASET, tiny_config
+
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+REPO_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_deep_merge_merges_mappings_and_replaces_everything_else():
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 1, "c": {"z": 1}}
+    override = {"a": {"y": [3]}, "b": {"new": 2}, "c": None}
+    before = copy.deepcopy(base), copy.deepcopy(override)
+    assert deep_merge(base, override) == {"a": {"x": 1, "y": [3]}, "b": {"new": 2}, "c": None}
+    assert (base, override) == before
+
+
+def test_dataset_inherits_defaults_and_variant_inherits_its_dataset():
+    config = tiny_config()
+    config["defaults"] = {"calibration": {"max_iter": 7, "tolerance": 0.1}, "base": {"momentum": 0.5}}
+    config["datasets"]["tiny"]["variants"] = {"v": {"calibration": {"max_iter": 9}}}
+    tiny = resolve_dataset(config, "tiny")
+    assert tiny["calibration"] == {"max_iter": 20, "tolerance": 0.1}  # the dataset's 20 wins
+    assert tiny["base"] == {**TINY_DATASET["base"], "momentum": 0.5}
+    assert tiny["seeds"] == [0] and "variants" not in tiny
+    variant = resolve_variant(config, "tiny", "v")
+    assert variant == {**tiny, "calibration": {"max_iter": 9, "tolerance": 0.1}}
+    assert list(resolve_settings(config)) == ["tiny", "tiny/variants/v"]
+
+
+def test_repository_presets_are_valid_and_a_user_dataset_needs_three_keys():
+    assert config_problem(REPO_CONFIG, SCHEMA) is None
+    config = copy.deepcopy(REPO_CONFIG)
+    config["datasets"]["mine"] = {
+        "data": {"kind": "lists", "root": "r", "train_list": "a", "val_list": "b", "test_list": "c"},
+        "input": {"size": 64}, "backbone": {"name": "resnet18"}}
+    assert config_problem(config, SCHEMA) is None
+    mine = resolve_dataset(config, "mine")
+    assert mine["experts"] == REPO_CONFIG["defaults"]["experts"] and mine["input"]["augment"] == "imagenet"
+
+
+def test_repository_presets_state_only_what_differs_from_the_defaults():
+    for name, section in REPO_CONFIG["datasets"].items():
+        for key, value in section.items():
+            inherited = REPO_CONFIG["defaults"].get(key)
+            if isinstance(value, dict) and isinstance(inherited, dict):
+                for sub, sub_value in value.items():
+                    assert inherited.get(sub) != sub_value or isinstance(sub_value, dict), (name, key, sub)
+            else:
+                assert inherited != value, (name, key)
+
+
+def _problem(edit) -> str:
+    config = tiny_config()
+    edit(config)
+    return config_problem(config, SCHEMA)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["datasets"]["tiny"]["base"].update(lr=0),
+     "datasets.tiny.base.lr: 0 is out of range; must be > 0"),
+    (lambda c: c.update(defaults={"crt": {"epochs": 0, "weight_decay": -1}}),  # tiny sets its own epochs
+     "defaults.crt.weight_decay: -1 is out of range; must be >= 0"),
+    (lambda c: c.update(defaults={"base": {"lrr": 1}}),
+     "defaults.base: unknown key 'lrr'; allowed: epochs,"),
+    (lambda c: c["datasets"]["tiny"].update(variants={"v": {"experts": {"few": {"open_ratio": 0.5}}}}),
+     "datasets.tiny.variants.v.experts.few.open_ratio: 0.5 is out of range; must be >= 1"),
+    (lambda c: c["datasets"]["tiny"].update(variants={"v": {"base": {"lrr": 1}}}),
+     "datasets.tiny.variants.v.base: unknown key 'lrr'; allowed: epochs,"),
+    (lambda c: c["datasets"]["tiny"].update(variants={"v": {"class_splits": {"few_threshold": 30}}}),
+     "datasets.tiny.variants.v.class_splits: few_threshold (30) must not exceed many_threshold (24)"),
+    (lambda c: c["datasets"]["tiny"].update(variants={"v": {"seeds": [0, 1]}}),
+     "datasets.tiny.variants.v.seeds: a variant cannot change 'seeds'"),
+    (lambda c: c["datasets"].update({"my/data": {}}),
+     "datasets: 'my/data' is not allowed; allowed: letters, digits"),
+    (lambda c: c["datasets"]["tiny"].update(variants={"main": {}}),
+     "datasets.tiny.variants: 'main' is not allowed; allowed: letters, digits"),
+    (lambda c: c["datasets"]["tiny"].update(seeds=[0, 0]),
+     "datasets.tiny.seeds: [0, 0] lists an item twice"),
+    (lambda c: c.update(defaults={"seeds": [0, "1"]}),
+     "defaults.seeds.1: '1' is a str; expected integer"),
+    (lambda c: c["datasets"]["tiny"]["experts"].pop("few"),
+     "datasets.tiny.experts: missing required key 'few'"),
+])
+def test_problems_name_the_layer_that_set_the_key(edit, expected):
+    assert _problem(edit).startswith(expected)
+
+
+def test_replicate_zero_is_the_configured_settings():
+    experiments = Experiments.from_config(tiny_config())
+    assert experiments.params("tiny", "train_expert", 0, "few")["train"] == TINY_DATASET["experts"]["few"]
+    replicate = experiments.params("tiny", "train_expert", 2, "few")["train"]
+    assert replicate == {**TINY_DATASET["experts"]["few"], "seed": replicate_seed(3, 2)} and replicate["seed"] == 2003
+    # Stages that train nothing read the same slices in every replicate.
+    assert experiments.params("tiny", "calibrate", 2) == experiments.params("tiny", "calibrate", 0)
+
+
+def _owners(variant: dict) -> dict[tuple[str, str | None], str]:
+    config = tiny_config()
+    config["datasets"]["tiny"]["variants"] = {"v": variant}
+    experiments = Experiments.from_config(config)
+    jobs = [("classes", None), ("image_cache", None), ("train_base", None),
+            *[("train_decoupled", m) for m in ("crt", "lws")],
+            *[("train_expert", e) for e in ("many", "medium", "few")],
+            *[("logits", m) for m in MODELS], ("calibrate", None)]
+    assert {stage for stage, _ in jobs} == set(STAGES)
+    return {job: experiments.owner("tiny/variants/v", job[0], 1, job[1]) for job in jobs}
+
+
+def _own(owners):
+    return {job for job, owner in owners.items() if owner == "tiny/variants/v"}
+
+
+def test_variant_shares_every_stage_it_does_not_change():
+    assert _own(_owners({"experts": {"few": {"lr": 0.5}}})) == {
+        ("train_expert", "few"), ("logits", "few"), ("calibrate", None)}
+    assert _own(_owners({"calibration": {"max_iter": 3}})) == {("calibrate", None)}
+    assert _own(_owners({"crt": {"lr": 0.5}})) == {("train_decoupled", "crt"), ("logits", "crt")}
+    # New class splits: new experts on the shared base model.
+    assert _own(_owners({"class_splits": {"many_threshold": 20}})) == {
+        ("classes", None), *[(s, e) for e in ("many", "medium", "few") for s in ("train_expert", "logits")],
+        ("calibrate", None)}
+    # Another backbone: every model, but the data's classes and image caches are shared.
+    owners = _owners({"backbone": {"width": 8}})
+    assert _own(owners) == set(owners) - {("classes", None), ("image_cache", None)}
+    # A setting equal to the main one shares everything.
+    assert _own(_owners({})) == set()

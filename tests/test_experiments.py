@@ -1,0 +1,150 @@
+"""Seeds and variants through real Snakemake on the tiny config: the report over several
+seeds, what adding or removing a seed plans, and what a variant shares with the main settings."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from balanced_experts.experiments import MODELS
+from balanced_experts.report import REPORT_COLUMNS
+from conftest import planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+BASELINES = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "base_lws"]
+
+
+def replicate_jobs(setting: str, seed: int) -> set[tuple[str, str]]:
+    """Every job of one replicate: the models, their logits, the calibration, its report."""
+    where = f"setting={setting}, seed={seed}"
+    return ({("train_base", where), ("calibrate", where), ("report", where)}
+            | {("train_decoupled", f"{where}, method={m}") for m in ("crt", "lws")}
+            | {("train_expert", f"{where}, expert={e}") for e in ("many", "medium", "few")}
+            | {("logits", f"{where}, model={m}, split={s}") for m in MODELS for s in ("train", "val", "test")})
+
+
+def edited_copy(tiny_run, dest, edit) -> tuple:
+    """A copy of the finished tiny run with ``edit`` applied to its config; its dry-run plan."""
+    shutil.copytree(tiny_run, dest, symlinks=True)
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    edit(config["datasets"]["tiny"])
+    write_config(dest, config)
+    return dest, planned_jobs(dest)
+
+
+# -- seeds ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_seeds(tiny_run, tmp_path_factory):
+    """The finished one-seed tiny run with a second seed added, and run."""
+    workdir, planned = edited_copy(tiny_run, tmp_path_factory.mktemp("two_seeds") / "run",
+                                   lambda tiny: tiny.update(seeds=[0, 1]))
+    snakemake(workdir, "--cores", "2")
+    return workdir, planned
+
+
+def test_adding_a_seed_plans_only_that_seeds_jobs(two_seeds):
+    _, planned = two_seeds
+    assert planned == replicate_jobs("tiny", 1) | {("aggregate", "setting=tiny"),
+                                                    ("resolved_config", "setting=tiny")}
+
+
+def test_report_is_the_mean_and_std_over_the_seeds(two_seeds, tiny_run):
+    workdir, _ = two_seeds
+    results = workdir / "results/tiny"
+    rows = pd.read_csv(results / "report_seeds.csv")
+    assert list(rows.columns) == ["seed", *REPORT_COLUMNS] and rows["seed"].unique().tolist() == [0, 1]
+    for seed in (0, 1):  # every seed's rows as that replicate's report wrote them
+        pd.testing.assert_frame_equal(rows[rows["seed"] == seed].drop(columns="seed").reset_index(drop=True),
+                                      pd.read_csv(results / f"seed{seed}/report.csv"))
+    # Seed 0 is the one-seed run's replicate, untouched.
+    assert (results / "seed0/report.csv").read_bytes() == (tiny_run / "results/tiny/seed0/report.csv").read_bytes()
+
+    report = pd.read_csv(results / "report.csv").set_index("method")
+    assert (report["seeds"] == 2).all()
+    for method, part in rows.groupby("method"):
+        for column in REPORT_COLUMNS[1:]:
+            values = part[column].to_numpy()
+            if np.isnan(values).all():  # the oracle has no probabilities
+                assert np.isnan(report.loc[method, [column, f"{column}_std"]].to_numpy(dtype=float)).all()
+                continue
+            assert report.loc[method, column] == pytest.approx(values.mean(), abs=0.0051)
+            assert report.loc[method, f"{column}_std"] == pytest.approx(values.std(ddof=1), abs=0.0051)
+
+
+def test_replicates_draw_from_derived_seeds(two_seeds):
+    workdir, _ = two_seeds
+    results = workdir / "results/tiny"
+    # seed + 1000 k: the base model's 0 and the few expert's 3 become 1000 and 1003.
+    assert "seed=1000" in (results / "seed1/logs/train_base.log").read_text()
+    assert "seed=1003" in (results / "seed1/logs/train_few.log").read_text()
+    weights = [torch.load(results / f"seed{k}/models/base/weights.pt", weights_only=True)["state_dict"]
+               for k in (0, 1)]
+    assert not torch.equal(weights[0]["classifier.weight"], weights[1]["classifier.weight"])
+    # Data, classes and image caches are shared by the replicates.
+    assert not any((results / "seed1").glob("**/classes.csv")) and not (results / "seed1/cache").exists()
+
+
+def test_removing_a_seed_retrains_nothing(two_seeds, tmp_path):
+    workdir, _ = two_seeds
+    _, planned = edited_copy(workdir, tmp_path / "run", lambda tiny: tiny.update(seeds=[1]))
+    assert planned == {("aggregate", "setting=tiny"), ("resolved_config", "setting=tiny")}
+
+
+# -- variants -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def variant_run(tiny_run, tmp_path_factory):
+    """The finished tiny run with a variant that changes only the few-shot expert, and run."""
+    workdir, planned = edited_copy(tiny_run, tmp_path_factory.mktemp("variant") / "run",
+                                   lambda tiny: tiny.update(variants={"fewlr": {"experts": {"few": {"lr": 0.03}}}}))
+    snakemake(workdir, "--cores", "2")
+    return workdir, planned
+
+
+def test_variant_of_one_expert_plans_only_that_experts_chain(variant_run):
+    _, planned = variant_run
+    where = "setting=tiny/variants/fewlr, seed=0"
+    assert planned == {
+        ("train_expert", f"{where}, expert=few"),
+        *{("logits", f"{where}, model=few, split={split}") for split in ("train", "val", "test")},
+        ("calibrate", where),
+        ("report", where),
+        ("aggregate", "setting=tiny/variants/fewlr"),
+        ("resolved_config", "setting=tiny/variants/fewlr"),
+        ("compare", "dataset=tiny"),  # a bare `snakemake` compares once the dataset has variants
+    }
+
+
+def test_variant_differs_from_the_main_settings_only_through_its_expert(variant_run):
+    workdir, _ = variant_run
+    results = workdir / "results/tiny"
+    variant = results / "variants/fewlr"
+    # Its own folder holds only what it changed: the few expert, its logits, the calibration.
+    assert sorted(p.name for p in (variant / "seed0/models").iterdir()) == ["few"]
+    assert sorted(p.name for p in (variant / "seed0/logits").iterdir()) == ["few"]
+    assert (variant / "seed0/calibration/calibration.pt").exists()
+    main_few, variant_few = (torch.load(folder / "seed0/models/few/weights.pt", weights_only=True)["state_dict"]
+                             for folder in (results, variant))
+    assert not torch.equal(main_few["classifier.weight"], variant_few["classifier.weight"])
+
+    main_report = pd.read_csv(results / "report.csv").set_index("method")
+    variant_report = pd.read_csv(variant / "report.csv").set_index("method")
+    pd.testing.assert_frame_equal(main_report.loc[BASELINES], variant_report.loc[BASELINES])
+
+    comparison = pd.read_csv(results / "comparison.csv")
+    assert comparison["setting"].unique().tolist() == ["main", "fewlr"]
+    for name, report in (("main", main_report), ("fewlr", variant_report)):
+        part = comparison[comparison["setting"] == name].drop(columns="setting").set_index("method")
+        pd.testing.assert_frame_equal(part, report)
+    assert (results / "plots/comparison.png").stat().st_size > 10_000
+
+    main_config = yaml.safe_load((results / "resolved_config.yaml").read_text())
+    variant_config = yaml.safe_load((variant / "resolved_config.yaml").read_text())
+    assert variant_config["experts"]["few"]["lr"] == 0.03
+    variant_config["experts"]["few"]["lr"] = main_config["experts"]["few"]["lr"]
+    assert variant_config == main_config

@@ -1,0 +1,48 @@
+"""Stage: a setting's report over its seeds (mean, std, every seed's rows), per-class
+table, class splits and plots of the spread."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from balanced_experts.plots import (four_fold_plot, long_tail_plot, per_class_accuracy_plot,
+                                    reliability_plot, training_curves_plot)
+from balanced_experts.report import mean_over_seeds, mean_per_class, seed_rows, split_counts
+from balanced_experts.runtime import exit_briefly_on, get_logger, writing
+from balanced_experts.splits import read_class_table
+
+log = get_logger("aggregate", snakemake.log[0], snakemake.resources.get("attempt"))
+exit_briefly_on(log)
+seeds = [int(k) for k in snakemake.params.seeds]
+# The per-seed reports as written (two decimals): report.csv is then exactly the mean and
+# std of report_seeds.csv's rows, which a reader can recompute.
+rows = seed_rows({k: pd.read_csv(path) for k, path in zip(seeds, snakemake.input.reports)})
+summary = mean_over_seeds(rows)
+per_class = [pd.read_csv(path) for path in snakemake.input.per_class]
+predictions = [pd.read_parquet(path) for path in snakemake.input.predictions]
+classes = read_class_table(snakemake.input.classes)
+counts = split_counts(classes, predictions[0]["label"].to_numpy())
+# A failed write that names no file (no space left) names the folder of the outputs.
+with writing(Path(snakemake.output.report).parent):
+    rows.to_csv(snakemake.output.seeds, index=False, float_format="%.2f")
+    summary.to_csv(snakemake.output.report, index=False, float_format="%.2f")
+    mean_per_class(per_class).to_csv(snakemake.output.per_class, index=False, float_format="%.2f")
+    counts.to_csv(snakemake.output.split_counts, index=False)
+log.info("classes per split:\n" + counts.to_string(index=False))
+log.info(f"test top-1 (%), ECE (%), NLL: mean over seeds {seeds}"
+         + (" (std: sample std over the seeds)" if len(seeds) > 1 else " (one seed: no std)") + ":\n"
+         + summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+
+metrics = {name.removeprefix("metrics_"): [pd.read_csv(p) for p in snakemake.input[name]]
+           for name in snakemake.input.keys() if name.startswith("metrics_")}
+plots = Path(snakemake.output.four_fold_plot).parent
+with writing(plots):
+    plots.mkdir(parents=True, exist_ok=True)
+    four_fold_plot(rows, snakemake.output.four_fold_plot)
+    per_class_accuracy_plot(per_class, snakemake.output.per_class_plot)
+    # Every seed's test predictions pooled: the calibration of the method, not of one run.
+    reliability_plot(pd.concat(predictions, ignore_index=True), ["base", "experts_calibrated"],
+                     snakemake.output.reliability_plot)
+    training_curves_plot(metrics, snakemake.output.training_plot)
+    long_tail_plot(classes[["class_id", "train_count", "split"]], snakemake.output.long_tail_plot)
+log.info(f"plots in {plots}")
