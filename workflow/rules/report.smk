@@ -23,12 +23,13 @@ rule report:
         calibration=lambda wildcards: f"{folder(wildcards, 'calibrate')}/calibration/calibration.pt",
         metrics=lambda wildcards: [model_file(model, "metrics.csv")(wildcards) for model in MODELS],
         code=code("report", "report", "baselines", "calibration", "logits", "metrics", "models", "plots",
-                  "runtime", "splits"),
+                  "runtime", "shift", "splits"),
     output:
         report="results/{setting}/seed{seed}/report.csv",
         per_class="results/{setting}/seed{seed}/per_class.csv",
         predictions="results/{setting}/seed{seed}/predictions/test.parquet",
         info="results/{setting}/seed{seed}/report_info.json",
+        test_shift="results/{setting}/seed{seed}/test_shift.csv",
         per_class_plot="results/{setting}/seed{seed}/plots/per_class_accuracy.png",
         reliability_plot="results/{setting}/seed{seed}/plots/reliability.png",
         training_plot="results/{setting}/seed{seed}/plots/training_curves.png",
@@ -49,11 +50,12 @@ rule aggregate:
         reports=replicate_files("report.csv"),
         per_class=replicate_files("per_class.csv"),
         predictions=replicate_files("predictions/test.parquet"),
+        test_shift=replicate_files("test_shift.csv"),
         # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
         **{f"metrics_{model}": model_file_of_every_replicate(model, "metrics.csv") for model in MODELS},
         classes=classes_table,
         config="results/{setting}/resolved_config.yaml",
-        code=code("aggregate", "report", "metrics", "plots", "runtime", "splits"),
+        code=code("aggregate", "report", "metrics", "plots", "runtime", "shift", "splits"),
     output:
         report=report(
             "results/{setting}/report.csv",
@@ -78,6 +80,12 @@ rule aggregate:
             caption="../report/split_counts.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "class splits"},
+        ),
+        test_shift=report(
+            "results/{setting}/test_shift.csv",
+            caption="../report/test_shift.rst",
+            category="Results",
+            labels={"setting": "{setting}", "table": "shifted test distributions, mean over seeds"},
         ),
         four_fold_plot=report(
             "results/{setting}/plots/four_fold.png",
@@ -108,6 +116,12 @@ rule aggregate:
             caption="../report/long_tail.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "long-tail profile"},
+        ),
+        test_shift_plot=report(
+            "results/{setting}/plots/test_shift.png",
+            caption="../report/test_shift_plot.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "shifted test distributions"},
         ),
     params:
         seeds=lambda wildcards: EXPERIMENTS.seeds(wildcards.setting),
