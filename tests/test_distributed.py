@@ -44,13 +44,10 @@ def test_two_processes_reach_the_accuracy_of_one(tmp_path):
 
 # -- the epoch checkpoint under DDP: rank 0 judges it, the others wait ---------------------
 
-class Interrupted(Exception):
-    """Stands in for the job being killed at the start of an epoch."""
-
-
-def _fit(workdir, epochs, rank=0, world_size=1, interrupt_at_epoch=None):
+def _fit(workdir, epochs, rank=0, world_size=1, killed_after=None):
     """Train a tiny model on this rank's shard with the epoch checkpoint ``workdir/resume.pt``;
-    save what the test checks to ``workdir/rank<rank>.pt``."""
+    save what the test checks to ``workdir/rank<rank>.pt``. ``killed_after``: the run is
+    interrupted when epoch ``killed_after + 1`` starts, as a killed job would be."""
     from balanced_experts.models import build_model, set_learnable
     from balanced_experts.training import TrainSettings, fit
 
@@ -61,8 +58,8 @@ def _fit(workdir, epochs, rank=0, world_size=1, interrupt_at_epoch=None):
     first_draws = []  # the first number the shuffling generator draws, each epoch
 
     def train_batches(shuffle):
-        if len(first_draws) + 1 == interrupt_at_epoch:
-            raise Interrupted
+        if killed_after is not None and len(first_draws) == killed_after:
+            raise KeyboardInterrupt
         order = torch.randperm(len(x), generator=shuffle)
         first_draws.append(int(order[0]))
         shard = order[rank::world_size]
@@ -133,8 +130,8 @@ def test_a_stale_checkpoint_is_judged_and_removed_by_rank_0_alone(tmp_path, stal
 
 
 def test_every_rank_resumes_the_checkpoint_rank_0_accepted(tmp_path):
-    with pytest.raises(Interrupted):  # leaves its epoch-2 checkpoint of this run, as a killed job would
-        _fit(tmp_path, epochs=4, interrupt_at_epoch=3)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, epochs=4, killed_after=2)  # leaves its epoch-2 checkpoint of this run
     rank0, rank1 = _fit_two_ranks(tmp_path, epochs=4)
     assert any("resuming from epoch 2 of 4" in line for line in rank0["lines"])
     # Both ranks ran epochs 3 and 4 only, from the same restored shuffling generator.

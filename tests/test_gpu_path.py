@@ -166,12 +166,14 @@ def test_sync_batchnorm_converts_on_cuda_only_and_keeps_parameters_modes_and_nam
     # The optimizer's parameters are still the model's, frozen ones still frozen.
     assert all(p is by_name[name] for name, p in model.named_parameters())
     assert [p for p in model.parameters() if p.requires_grad] == parameters
-    # Frozen layers kept in eval mode (frozen_bn: eval) stay so (running statistics, nothing
-    # to synchronise).
-    train_mode(model, "eval")
+    # frozen_bn: eval keeps frozen layers in eval mode (running statistics, nothing to
+    # synchronise); train (the default) trains them all, synchronised over the global batch.
     frozen = _batchnorms(model.trunk.stem) + _batchnorms(model.trunk.layer1) + _batchnorms(model.trunk.layer2)
+    train_mode(model, "eval")
     assert frozen and not any(m.training for m in frozen)
     assert _batchnorms(model.trunk.layer3) and all(m.training for m in _batchnorms(model.trunk.layer3))
+    train_mode(model, "train")
+    assert all(m.training for m in _batchnorms(model))
     # The weights file is the same: it loads into a plain model.
     assert list(model.state_dict()) == names
     plain = build_model(BACKBONE, 5)

@@ -188,7 +188,7 @@ def test_plots_and_html_report(tiny_run, tmp_path):
 
     from PIL import Image
 
-    for name in ("four_fold", "per_class_accuracy", "reliability", "training_curves", "long_tail"):
+    for name in ("four_fold", "per_class_accuracy", "reliability", "training_curves", "long_tail", "test_shift"):
         with Image.open(tiny_run / f"results/tiny/plots/{name}.png") as image:
             assert image.format == "PNG" and image.size[0] > 300
             image.verify()
@@ -201,7 +201,30 @@ def test_plots_and_html_report(tiny_run, tmp_path):
     table = base64.b64decode(embedded.group(1)).decode()
     for method in METHODS:
         assert f"\n{method}," in table
-    assert text.count("data:image/png") >= 4
+    assert "filename=test_shift.csv;base64," in text
+    assert text.count("data:image/png") >= 6
+
+
+def test_shifted_test_distributions(tiny_run):
+    """test_shift.csv: every method with probabilities under every test distribution; the
+    uniform one is the balanced test set, so it reproduces the report's `all` column."""
+    from balanced_experts.shift import DISTRIBUTIONS, SHIFT_COLUMNS
+
+    report = pd.read_csv(tiny_run / "results/tiny/seed0/report.csv").set_index("method")
+    shift = pd.read_csv(tiny_run / "results/tiny/seed0/test_shift.csv")
+    assert list(shift.columns) == SHIFT_COLUMNS
+    with_probabilities = [m for m in METHODS if m != "oracle"]
+    assert shift["method"].unique().tolist() == with_probabilities
+    assert list(zip(shift["distribution"], shift["imbalance"]))[:len(DISTRIBUTIONS)] == list(DISTRIBUTIONS)
+    uniform = shift[shift["distribution"] == "uniform"].set_index("method")
+    for method in with_probabilities:
+        assert uniform.loc[method, "accuracy"] == pytest.approx(report.loc[method, "all"], abs=0.011)
+    # Re-targeting a balanced method to the uniform prior changes nothing.
+    assert uniform.loc["experts_calibrated", "accuracy_adapted"] == uniform.loc["experts_calibrated", "accuracy"]
+    mean = pd.read_csv(tiny_run / "results/tiny/test_shift.csv")
+    assert list(mean.columns) == SHIFT_COLUMNS[:3] + ["accuracy", "accuracy_adapted", "accuracy_std",
+                                                      "accuracy_adapted_std", "seeds"]
+    np.testing.assert_allclose(mean["accuracy"], shift["accuracy"])  # one seed: its own values
 
 
 def test_editing_the_report_script_reruns_only_the_report(edited_run):

@@ -207,3 +207,41 @@ def comparison_plot(table: pd.DataFrame, path: str | Path) -> None:
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def test_shift_plot(table: pd.DataFrame, path: str | Path) -> None:
+    """Expected test accuracy under each test label distribution, forward-LT 50 (the
+    training order, most skewed) through uniform to backward-LT 50, one line per method:
+    left as predicted, right re-targeted to the known test prior. ``table``: the mean over
+    seeds (``accuracy``, ``accuracy_adapted`` and their ``_std``), as written to test_shift.csv."""
+    from .shift import DISTRIBUTIONS
+
+    labels = [{"forward": "F", "backward": "B"}.get(kind, "") + (f"{rho:g}" if kind != "uniform" else "uniform")
+              for kind, rho in DISTRIBUTIONS]
+    x = np.arange(len(DISTRIBUTIONS))
+    seeds = int(table["seeds"].min())
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed: no spread"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    fig.suptitle(f"Expected test top-1 accuracy (%) under shifted test label distributions ({spread})",
+                 fontsize=10)
+    for ax, column, title in ((axes[0], "accuracy", "as predicted"),
+                              (axes[1], "accuracy_adapted", "adapted to the test prior")):
+        for method, (color, marker) in METHOD_STYLES.items():
+            part = table[table["method"] == method]
+            if part.empty:
+                continue
+            order = [part.index[(part["distribution"] == kind) & (part["imbalance"] == rho)][0]
+                     for kind, rho in DISTRIBUTIONS]
+            values, std = part.loc[order, column].to_numpy(), part.loc[order, f"{column}_std"].to_numpy()
+            ax.errorbar(x, values, yerr=np.nan_to_num(std) if seeds > 1 else None, color=color, marker=marker,
+                        ms=4, lw=2 if method == "experts_calibrated" else 1.2, capsize=2, label=method)
+        ax.axvline(labels.index("uniform"), color="black", ls="--", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_xlabel("test label distribution: forward-LT (F) ... uniform ... backward-LT (B), imbalance")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

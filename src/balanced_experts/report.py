@@ -17,6 +17,7 @@ from .logits import check_aligned, read_logits
 from .metrics import (expected_calibration_error, four_fold_accuracy, negative_log_likelihood,
                       per_class_accuracy)
 from .models import load_checkpoint
+from .shift import SHIFT_COLUMNS, assumed_prior, shift_table
 from .splits import read_class_table
 
 METHODS = {
@@ -40,6 +41,7 @@ class Report:
     summary: pd.DataFrame  # one row per method: REPORT_COLUMNS
     per_class: pd.DataFrame  # class_id, train_count, split, one accuracy column per method
     predictions: pd.DataFrame  # sample_id, label, pred_<method>, conf_<method>
+    test_shift: pd.DataFrame  # shift.SHIFT_COLUMNS: accuracy under shifted test label distributions
     info: dict  # the chosen taus and their validation accuracies
 
 
@@ -104,11 +106,18 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
         predictions[f"pred_{method}"] = pred.astype(np.int64)
         predictions[f"conf_{method}"] = probs.max(1) if probs is not None else np.full(len(labels), np.nan)
 
+    # Accuracy under forward / backward long-tailed test distributions, plain and re-targeted
+    # to the known test prior from the prior each method's probabilities carry.
+    test_shift = shift_table(
+        probabilities, {m: assumed_prior(m, train_counts, class_split, la_tau) for m in probabilities},
+        labels, train_counts)
+
     return Report(
         summary=pd.DataFrame(rows, columns=REPORT_COLUMNS),
         per_class=pd.concat([classes[["class_id", "train_count", "split"]],
                              pd.DataFrame(per_class)], axis=1),
         predictions=pd.DataFrame(predictions),
+        test_shift=test_shift,
         info={"logit_adjustment_tau": la_tau, "logit_adjustment_val_acc": la_val,
               "tau_norm_tau": tn_tau, "tau_norm_val_acc": tn_val, "ece_bins": ECE_BINS,
               "methods": METHODS},
@@ -145,6 +154,16 @@ def mean_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     if any(m != methods[0] for m in methods):
         raise ValueError(f"the seeds' reports list different methods: {methods}")
     return pd.concat([grouped[METRIC_COLUMNS].mean(), grouped[METRIC_COLUMNS].std(ddof=1).add_suffix("_std"),
+                      grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
+
+
+def mean_shift_over_seeds(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """The seeds' test-shift tables (``seed -> table``, as written) averaged per method and
+    test distribution: ``accuracy`` and ``accuracy_adapted``, their sample standard
+    deviations (``_std``, empty for one seed) and ``seeds``."""
+    keys, values = SHIFT_COLUMNS[:3], SHIFT_COLUMNS[3:]
+    grouped = pd.concat([t.assign(seed=k) for k, t in tables.items()]).groupby(keys, sort=False)
+    return pd.concat([grouped[values].mean(), grouped[values].std(ddof=1).add_suffix("_std"),
                       grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
 
 

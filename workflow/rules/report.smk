@@ -15,6 +15,7 @@ rule report:
         per_class="results/{setting}/seed{seed}/per_class.csv",
         predictions="results/{setting}/seed{seed}/predictions/test.parquet",
         info="results/{setting}/seed{seed}/report_info.json",
+        test_shift="results/{setting}/seed{seed}/test_shift.csv",
         per_class_plot="results/{setting}/seed{seed}/plots/per_class_accuracy.png",
         reliability_plot="results/{setting}/seed{seed}/plots/reliability.png",
         training_plot="results/{setting}/seed{seed}/plots/training_curves.png",
@@ -37,6 +38,7 @@ rule aggregate:
         reports=replicate_files("report.csv"),
         per_class=replicate_files("per_class.csv"),
         predictions=replicate_files("predictions/test.parquet"),
+        test_shift=replicate_files("test_shift.csv"),
         classes=classes_table,
         config="results/{setting}/resolved_config.yaml",
         code=code("aggregate"),
@@ -64,6 +66,12 @@ rule aggregate:
             caption="../report/split_counts.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "class splits"},
+        ),
+        test_shift=report(
+            "results/{setting}/test_shift.csv",
+            caption="../report/test_shift.rst",
+            category="Results",
+            labels={"setting": "{setting}", "table": "shifted test distributions, mean over seeds"},
         ),
         four_fold_plot=report(
             "results/{setting}/plots/four_fold.png",
@@ -94,6 +102,12 @@ rule aggregate:
             caption="../report/long_tail.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "long-tail profile"},
+        ),
+        test_shift_plot=report(
+            "results/{setting}/plots/test_shift.png",
+            caption="../report/test_shift_plot.rst",
+            category="Plots",
+            labels={"setting": "{setting}", "plot": "shifted test distributions"},
         ),
     log:
         "results/{setting}/logs/aggregate.log",

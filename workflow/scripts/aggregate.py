@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from balanced_experts.plots import (four_fold_plot, long_tail_plot, per_class_accuracy_plot,
-                                    reliability_plot, training_curves_plot)
-from balanced_experts.report import mean_over_seeds, mean_per_class, seed_rows, split_counts
+                                    reliability_plot, test_shift_plot, training_curves_plot)
+from balanced_experts.report import mean_over_seeds, mean_per_class, mean_shift_over_seeds, seed_rows, split_counts
 from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 from balanced_experts.splits import read_class_table
 
@@ -22,12 +22,14 @@ per_class = [pd.read_csv(path) for path in snakemake.input.per_class]
 predictions = [pd.read_parquet(path) for path in snakemake.input.predictions]
 classes = read_class_table(snakemake.input.classes)
 counts = split_counts(classes, predictions[0]["label"].to_numpy())
+test_shift = mean_shift_over_seeds({k: pd.read_csv(path) for k, path in zip(seeds, snakemake.input.test_shift)})
 # A failed write that names no file (no space left) names the folder of the outputs.
 with writing(Path(snakemake.output.report).parent):
     rows.to_csv(snakemake.output.seeds, index=False, float_format="%.2f")
     summary.to_csv(snakemake.output.report, index=False, float_format="%.2f")
     mean_per_class(per_class).to_csv(snakemake.output.per_class, index=False, float_format="%.2f")
     counts.to_csv(snakemake.output.split_counts, index=False)
+    test_shift.to_csv(snakemake.output.test_shift, index=False, float_format="%.2f")
 log.info("classes per split:\n" + counts.to_string(index=False))
 log.info(f"test top-1 (%), ECE (%), NLL: mean over seeds {seeds}"
          + (" (std: sample std over the seeds)" if len(seeds) > 1 else " (one seed: no std)") + ":\n"
@@ -45,4 +47,5 @@ with writing(plots):
                      snakemake.output.reliability_plot)
     training_curves_plot(metrics, snakemake.output.training_plot)
     long_tail_plot(classes[["class_id", "train_count", "split"]], snakemake.output.long_tail_plot)
+    test_shift_plot(test_shift, snakemake.output.test_shift_plot)
 log.info(f"plots in {plots}")

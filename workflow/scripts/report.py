@@ -26,6 +26,7 @@ with writing(Path(snakemake.output.report).parent):
     report.summary.to_csv(snakemake.output.report, index=False, float_format="%.2f")
     report.per_class.to_csv(snakemake.output.per_class, index=False, float_format="%.2f")
     report.predictions.to_parquet(snakemake.output.predictions, index=False)
+    report.test_shift.to_csv(snakemake.output.test_shift, index=False, float_format="%.2f")
     with open(snakemake.output.info, "w") as handle:
         json.dump(report.info, handle, indent=2)
 log.info(f"logit adjustment tau {report.info['logit_adjustment_tau']}, "
