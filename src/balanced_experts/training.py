@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .distributed import rank_and_world_size, sync_batchnorm_layers
-from .models import train_mode
+from .models import resume_checkpoint_path, train_mode
 from .runtime import ArtifactError, autocast, load_torch_file, save_torch_file, writing
 
 
@@ -82,6 +82,14 @@ def run_fingerprint(settings: dict, files=()) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def job_checkpoint(weights_path: str | Path, model: str, params: dict, inputs=()) -> dict:
+    """:func:`fit`'s ``resume_path`` and ``fingerprint`` for a training job: the epoch
+    checkpoint beside the model's weights, resumed only by a run of the same model, params
+    and input files (its code among them)."""
+    return {"resume_path": resume_checkpoint_path(weights_path),
+            "fingerprint": run_fingerprint({"model": model, **params}, inputs)}
 
 
 def _load_resume_state(path: Path | None, fingerprint: str, name: str, log) -> dict | None:

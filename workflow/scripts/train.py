@@ -22,11 +22,11 @@ from balanced_experts.distributed import (epoch_shard, join_process_group, leave
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import ExpertSettings, expert_training_set, expert_validation_set, output_class_ids
 from balanced_experts.lists import ImageList, ListFormatError, check_labels_cover, read_list
-from balanced_experts.models import build_model, load_model, resume_checkpoint_path, save_checkpoint, set_learnable
+from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
 from balanced_experts.pretrained import PretrainedWeightsError, load_trunk_weights
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.splits import read_class_table, split_class_ids
-from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, run_fingerprint
+from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, job_checkpoint
 
 
 @dataclass
@@ -186,25 +186,16 @@ def main() -> None:
         log.info(f"{name}: {world_size} processes (DistributedDataParallel), {-(-settings.batch_size // world_size)} "
                  f"images per process and step")
 
-    # Train. The epoch checkpoint is resumed only by a run of the same params, inputs and
-    # code. It stays after the weights are written, until a job that reads them removes it.
-    result = fit(
-        task.model,
-        task.parameters,
-        train_batches=train_batches,
-        val_batches=lambda: val_source.batches(
-            np.arange(len(val_source)), task.val_targets, execution.eval_batch_size, False, device),
-        steps_per_epoch=steps_per_epoch,
-        settings=settings,
-        name=name,
-        metrics_path=snakemake.output.metrics,
-        log=log.info,
-        resume_path=resume_checkpoint_path(snakemake.output.weights),
-        fingerprint=run_fingerprint({"model": name, **dict(snakemake.params.items())}, snakemake.input),
-        amp=execution.amp,
-        compile=execution.compile,
-        sync_batchnorm=execution.sync_batchnorm,
-    )
+    # Train. The epoch checkpoint stays after the weights are written, until a job that
+    # reads them removes it.
+    def val_batches():
+        return val_source.batches(np.arange(len(val_source)), task.val_targets, execution.eval_batch_size, False,
+                                  device)
+
+    checkpoint = job_checkpoint(snakemake.output.weights, name, dict(snakemake.params.items()), snakemake.input)
+    result = fit(task.model, task.parameters, train_batches, val_batches, steps_per_epoch, settings, name,
+                 snakemake.output.metrics, log.info, **checkpoint, amp=execution.amp, compile=execution.compile,
+                 sync_batchnorm=execution.sync_batchnorm)
     leave_process_group()
     if rank == 0:
         save_weights(task, result, name)

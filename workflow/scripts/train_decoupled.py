@@ -15,9 +15,9 @@ from balanced_experts.decoupled import (DecoupledSettings, as_linear, class_awar
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.lists import ListFormatError, read_list
 from balanced_experts.logits import predict
-from balanced_experts.models import load_model, resume_checkpoint_path, save_checkpoint, set_learnable_modules
+from balanced_experts.models import load_model, save_checkpoint, set_learnable_modules
 from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
-from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, run_fingerprint
+from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, job_checkpoint
 
 
 def open_splits(spec: InputSpec, execution: ExecutionSettings):
@@ -102,21 +102,9 @@ def main() -> None:
     # Train (best val epoch kept; the epoch checkpoint stays after the weights are written,
     # until a job that reads them removes it), then save as a plain model: LWS's scales
     # folded into the classifier.
-    result = fit(
-        trained,
-        parameters,
-        train_batches=train_batches,
-        val_batches=val_batches,
-        steps_per_epoch=steps,
-        settings=settings,
-        name=method,
-        metrics_path=snakemake.output.metrics,
-        log=log.info,
-        resume_path=resume_checkpoint_path(snakemake.output.weights),
-        fingerprint=run_fingerprint({"model": method, **dict(snakemake.params.items())}, snakemake.input),
-        amp=execution.amp,
-        compile=execution.compile and options.features == "images",
-    )
+    checkpoint = job_checkpoint(snakemake.output.weights, method, dict(snakemake.params.items()), snakemake.input)
+    result = fit(trained, parameters, train_batches, val_batches, steps, settings, method, snakemake.output.metrics,
+                 log.info, **checkpoint, amp=execution.amp, compile=execution.compile and options.features == "images")
     trained.load_state_dict(result["state_dict"])
     model.classifier = as_linear(head)
     extra = {"lws_scales": [float(s) for s in head.scales.detach().cpu()]} if method == "lws" else {}
