@@ -1,8 +1,11 @@
 """What the workflow declares about its own code, read from real Snakemake: every rule's code
-inputs are its stage program and exactly the library modules that program runs; the
-`execution` section has one set of defaults."""
+inputs are its stage program and exactly the library modules that program runs; the conda
+environment of the stages holds every package they import; the `execution` section has one
+set of defaults."""
 
+import ast
 import dataclasses
+import re
 import json
 import modulefinder
 import subprocess
@@ -77,6 +80,43 @@ def test_a_new_import_is_a_new_code_input(tmp_path):
     code = declared_code(workdir)["classes"]["code"]
     assert {f"src/{LIBRARY}/metrics.py", f"src/{LIBRARY}/baselines.py"} <= set(code)
     assert set(code[1:]) == import_closure(workdir, "workflow/scripts/classes.py")
+
+
+# Import name -> conda-forge package name, where they differ.
+CONDA_NAMES = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml", "matplotlib": "matplotlib-base"}
+# conda-forge package name -> PyPI name, where they differ.
+PYPI_NAMES = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names and name != LIBRARY}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower() for requirement in requirements}
+
+
+def test_the_stages_conda_environment_holds_every_package_they_import():
+    """`--sdm conda` runs each stage in workflow/envs/pytorch.yaml: it must provide every
+    third-party package a stage program or a library module it runs imports, and name only
+    packages that pyproject.toml (the pip install) also depends on."""
+    env = _requirement_names(yaml.safe_load((REPO / "workflow/envs/pytorch.yaml").read_text())["dependencies"])
+    imported = set()
+    for script in sorted((REPO / "workflow/scripts").glob("*.py")):
+        files = [script, *(REPO / file for file in import_closure(REPO, str(script.relative_to(REPO))))]
+        imported |= {CONDA_NAMES.get(name, name).lower() for file in files for name in _third_party_imports(file)}
+    assert {"pytorch", "pyarrow", "pandas"} <= imported  # the scan sees the imports at all
+    assert imported <= env, f"missing from workflow/envs/pytorch.yaml: {sorted(imported - env)}"
+    pyproject = (REPO / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
+    pip = _requirement_names(re.findall(r'"([^"]+)"', dependencies))
+    assert {PYPI_NAMES.get(name, name) for name in env - {"python"}} <= pip
 
 
 def test_execution_defaults_are_those_config_yaml_shows():
