@@ -18,9 +18,14 @@ TAU_GRID = np.round(np.arange(0.0, 2.0001, 0.05), 2)
 """The values of tau tried on the validation set."""
 
 
-def log_prior(train_counts) -> np.ndarray:
+def train_prior(train_counts) -> np.ndarray:
+    """The training set's class prior ``n_c / N``."""
     counts = np.asarray(train_counts, dtype=np.float64)
-    return np.log(counts / counts.sum())
+    return counts / counts.sum()
+
+
+def log_prior(train_counts) -> np.ndarray:
+    return np.log(train_prior(train_counts))
 
 
 def logit_adjusted(logits, train_counts, tau: float) -> np.ndarray:

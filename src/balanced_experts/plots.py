@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import SPLIT_NAMES  # noqa: E402
 from .metrics import binned_calibration_error, reliability_bins  # noqa: E402
+from .shift import DISTRIBUTIONS  # noqa: E402
 
 SPLIT_COLORS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#55a868"}
 METHOD_STYLES = {
@@ -146,7 +148,12 @@ def long_tail_plot(classes: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
-FOLDS = ("many", "medium", "few", "all")
+FOLDS = (*SPLIT_NAMES, "all")
+
+
+def _spread(seeds: int, each: str = "") -> str:
+    """What a figure's error bars show, for its title."""
+    return f"mean ± std over {seeds} seeds{each}" if seeds > 1 else "one seed: no spread"
 
 
 def _folds_figure(title: str):
@@ -162,8 +169,7 @@ def four_fold_plot(rows: pd.DataFrame, path: str | Path) -> None:
     each seed's value (dots). ``rows``: every seed's report rows (a ``seed`` column)."""
     methods = list(dict.fromkeys(rows["method"]))
     seeds = rows["seed"].nunique()
-    spread = f"mean ± std over {seeds} seeds, dots: seeds" if seeds > 1 else "one seed: no spread"
-    fig, axes = _folds_figure(f"Test top-1 accuracy (%) ({spread})")
+    fig, axes = _folds_figure(f"Test top-1 accuracy (%) ({_spread(seeds, ', dots: seeds')})")
     positions = np.arange(len(methods))
     for ax, fold in zip(axes, FOLDS):
         grouped = rows.groupby("method", sort=False)[fold]
@@ -189,8 +195,7 @@ def comparison_plot(table: pd.DataFrame, path: str | Path) -> None:
     settings = list(dict.fromkeys(table["setting"]))
     methods = list(dict.fromkeys(table["method"]))
     seeds = int(table["seeds"].min())
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed: no spread"
-    fig, axes = _folds_figure(f"Test top-1 accuracy (%) of the main settings and each variant ({spread})")
+    fig, axes = _folds_figure(f"Test top-1 accuracy (%) of the main settings and each variant ({_spread(seeds)})")
     height = 0.8 / len(settings)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, fold in zip(axes, FOLDS):
@@ -214,15 +219,12 @@ def test_shift_plot(table: pd.DataFrame, path: str | Path) -> None:
     training order, most skewed) through uniform to backward-LT 50, one line per method:
     left as predicted, right re-targeted to the known test prior. ``table``: the mean over
     seeds (``accuracy``, ``accuracy_adapted`` and their ``_std``), as written to test_shift.csv."""
-    from .shift import DISTRIBUTIONS
-
     labels = [{"forward": "F", "backward": "B"}.get(kind, "") + (f"{rho:g}" if kind != "uniform" else "uniform")
               for kind, rho in DISTRIBUTIONS]
     x = np.arange(len(DISTRIBUTIONS))
     seeds = int(table["seeds"].min())
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed: no spread"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
-    fig.suptitle(f"Expected test top-1 accuracy (%) under shifted test label distributions ({spread})",
+    fig.suptitle(f"Expected test top-1 accuracy (%) under shifted test label distributions ({_spread(seeds)})",
                  fontsize=10)
     for ax, column, title in ((axes[0], "accuracy", "as predicted"),
                               (axes[1], "accuracy_adapted", "adapted to the test prior")):

@@ -149,20 +149,24 @@ def mean_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     columns, in their order), then each one's sample standard deviation (``<column>_std``,
     ddof 1: empty for a single seed, which has no spread to estimate), then ``seeds``, the
     number of seeds."""
-    grouped = rows.groupby("method", sort=False)
     methods = [frame["method"].tolist() for _, frame in rows.groupby("seed", sort=False)]
     if any(m != methods[0] for m in methods):
         raise ValueError(f"the seeds' reports list different methods: {methods}")
-    return pd.concat([grouped[METRIC_COLUMNS].mean(), grouped[METRIC_COLUMNS].std(ddof=1).add_suffix("_std"),
-                      grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
+    return _mean_and_std(rows, ["method"], METRIC_COLUMNS)
 
 
 def mean_shift_over_seeds(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     """The seeds' test-shift tables (``seed -> table``, as written) averaged per method and
     test distribution: ``accuracy`` and ``accuracy_adapted``, their sample standard
     deviations (``_std``, empty for one seed) and ``seeds``."""
-    keys, values = SHIFT_COLUMNS[:3], SHIFT_COLUMNS[3:]
-    grouped = pd.concat([t.assign(seed=k) for k, t in tables.items()]).groupby(keys, sort=False)
+    rows = pd.concat([t.assign(seed=k) for k, t in tables.items()])
+    return _mean_and_std(rows, SHIFT_COLUMNS[:3], SHIFT_COLUMNS[3:])
+
+
+def _mean_and_std(rows: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """Per ``keys`` (in first-seen order): the mean of ``values`` over the rows' seeds, their
+    sample standard deviations (``<value>_std``) and ``seeds``, the number of seeds."""
+    grouped = rows.groupby(keys, sort=False)
     return pd.concat([grouped[values].mean(), grouped[values].std(ddof=1).add_suffix("_std"),
                       grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import SPLIT_NAMES
+from .baselines import train_prior
 from .metrics import per_class_accuracy
 
 IMBALANCES = (50, 25, 10, 5, 2)
@@ -80,11 +81,6 @@ def adapted_predictions(log_probs, target_prior, assumed_prior) -> np.ndarray:
     """Top-1 after adding ``log(target_prior / assumed_prior)`` to the log-probabilities."""
     shift = np.log(np.asarray(target_prior, dtype=np.float64)) - np.log(np.asarray(assumed_prior, dtype=np.float64))
     return (np.asarray(log_probs) + shift[None, :]).argmax(1)
-
-
-def train_prior(train_counts) -> np.ndarray:
-    counts = np.asarray(train_counts, dtype=np.float64)
-    return counts / counts.sum()
 
 
 def assumed_prior(method: str, train_counts, class_split, logit_adjustment_tau: float) -> np.ndarray:

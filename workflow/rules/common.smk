@@ -70,7 +70,7 @@ def default_targets():
         for setting in settings:
             targets.append(f"results/{setting}/report.csv")
             targets += [
-                f"{EXPERIMENTS.folder(setting, 'logits', seed, model)}/logits/{model}/{split}.parquet"
+                logits_path(setting, seed, model, split)
                 for seed in EXPERIMENTS.seeds(setting)
                 for model in MODELS
                 for split in DATA_SPLITS
@@ -361,13 +361,15 @@ def model_file_of_every_replicate(model, name):
     ]
 
 
+def logits_path(setting, seed, model, split):
+    """One model's logits on one split for replicate ``seed`` of ``setting``, in the folder
+    of the setting that scores it."""
+    return f"{EXPERIMENTS.folder(setting, 'logits', int(seed), model)}/logits/{model}/{split}.parquet"
+
+
 def logits_file(model, split):
     """Input function: one model's logits on one split for the job's replicate."""
-
-    def _logits_file(wildcards):
-        return f"{folder(wildcards, 'logits', model)}/logits/{model}/{split}.parquet"
-
-    return _logits_file
+    return lambda wildcards: logits_path(wildcards.setting, wildcards.seed, model, split)
 
 
 def section(*keys):
