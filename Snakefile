@@ -19,7 +19,11 @@ configfile: "config.yaml"
 report: "workflow/report/workflow.rst"
 
 
-include: "workflow/rules/common.smk"
+# Set-up, then the input functions (the user's files and the config; the workflow's own
+# results, whose paths are balanced_experts.paths), then the rules.
+include: "workflow/rules/setup.smk"
+include: "workflow/rules/inputs.smk"
+include: "workflow/rules/results.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/logits.smk"

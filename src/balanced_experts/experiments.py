@@ -53,20 +53,22 @@ class Stage:
 
     ``slices``: rule param name -> config key path ("{key}" stands for the job's expert or
     decoupled method);
-    ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads;
-    ``per_seed``: one job per replicate (else one per setting);
+    ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads (tests check
+    it against the rules' inputs);
     ``trains``: its ``train`` slice's ``seed`` is derived from the replicate.
+
+    Whether a stage runs once per replicate or once per setting is its files' business: their
+    templates in :mod:`balanced_experts.paths` hold ``{seed}`` or not.
     """
 
     slices: dict[str, tuple[str, ...]]
     upstream: Callable[[str | None], list[tuple[str, str | None]]] = lambda key: []
-    per_seed: bool = True
     trains: bool = False
 
 
 STAGES: dict[str, Stage] = {
-    "classes": Stage({"class_splits": ("class_splits",)}, per_seed=False),
-    "image_cache": Stage({"size": ("input", "size")}, per_seed=False),
+    "classes": Stage({"class_splits": ("class_splits",)}),
+    "image_cache": Stage({"size": ("input", "size")}),
     "train_base": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",)},
                         lambda key: [("image_cache", None)], trains=True),
     "train_expert": Stage({"train": ("experts", "{key}"), "input": ("input",)},
@@ -77,6 +79,16 @@ STAGES: dict[str, Stage] = {
     "logits": Stage({"input": ("input",)}, lambda model: [("image_cache", None), training_stage(model)]),
     "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS]),
 }
+
+
+KEY_WILDCARDS = ("expert", "model", "method")
+"""The wildcards that name a stage job's key ("{key}" in its slices): its expert, model or
+decoupled method. A job has at most one."""
+
+
+def job_key(wildcards) -> str | None:
+    """The key of a stage job with ``wildcards`` (Snakemake's, or a dict), or None."""
+    return next((wildcards.get(name) for name in KEY_WILDCARDS if name in wildcards.keys()), None)
 
 
 def config_slice(settings: dict, path: tuple[str, ...], key: str | None = None):
@@ -134,9 +146,9 @@ class Experiments:
             self._owners[memo] = main if shared else setting
         return self._owners[memo]
 
-    def folder(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> str:
-        """``results/<owner>`` (and ``/seed<k>`` for a per-replicate stage): where the
-        outputs of ``stage``'s job for ``setting`` lie."""
-        owner = self.owner(setting, stage, seed, key)
-        return f"results/{owner}" + (f"/seed{seed}" if STAGES[stage].per_seed else "")
-
+    def stage_file(self, template: str, stage: str, setting: str, seed: int = 0, key: str | None = None,
+                   **fields) -> str:
+        """The file ``template`` (of :mod:`balanced_experts.paths`) that ``stage``'s job for
+        ``setting``, replicate ``seed`` and ``key`` writes, in the folder of the setting that
+        owns it (:meth:`owner`); ``fields``: the template's other fields."""
+        return template.format(setting=self.owner(setting, stage, seed, key), seed=seed, **fields)

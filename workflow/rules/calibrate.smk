@@ -2,14 +2,14 @@ rule calibrate:
     """Joint calibration of the three experts, fit on the validation logits only."""
     input:
         val=lambda wildcards: [logits_file(expert, "val")(wildcards) for expert in EXPERTS],
-        code=code("calibrate"),
+        code=program_and_library("calibrate"),
     output:
-        calibration="results/{setting}/seed{seed}/calibration/calibration.pt",
-        summary="results/{setting}/seed{seed}/calibration/summary.json",
+        calibration=paths.CALIBRATION,
+        summary=paths.CALIBRATION_SUMMARY,
     log:
-        "results/{setting}/seed{seed}/logs/calibrate.log",
+        paths.log(paths.REPLICATE, "calibrate"),
     benchmark:
-        "results/{setting}/seed{seed}/benchmarks/calibrate.tsv"
+        paths.benchmark(paths.REPLICATE, "calibrate")
     conda:
         "../envs/pytorch.yaml"
     resources:

@@ -1,16 +1,16 @@
 rule synthetic_data:
     """Generate the embedded long-tailed dataset: PNG images plus train/val/test lists."""
     input:
-        code=code("synthetic_data"),
+        code=program_and_library("synthetic_data"),
     output:
-        train="results/{dataset}/data/train.txt",
-        val="results/{dataset}/data/val.txt",
-        test="results/{dataset}/data/test.txt",
+        train=pattern(paths.DATA_LIST, split="train"),
+        val=pattern(paths.DATA_LIST, split="val"),
+        test=pattern(paths.DATA_LIST, split="test"),
         # Declared, so that Snakemake removes the images of a failed or unfinished run; the
         # job itself writes them into a temporary folder that replaces this one whole.
-        images=directory("results/{dataset}/data/images"),
+        images=directory(paths.DATA_IMAGES),
     log:
-        "results/{dataset}/logs/synthetic_data.log",
+        paths.log(paths.DATASET, "synthetic_data"),
     wildcard_constraints:
         dataset=datasets_of_kind("synthetic"),
     conda:
@@ -18,7 +18,7 @@ rule synthetic_data:
     resources:
         attempt=job_attempt,
     params:
-        synthetic=section("data", "synthetic"),
+        synthetic=setting_slice("data", "synthetic"),
     script:
         "../scripts/synthetic_data.py"
 
@@ -27,14 +27,14 @@ rule cifar_data:
     """CIFAR-10/100-LT from the local python archive: PNG images plus train/val/test lists."""
     input:
         archive=cifar_archive,
-        code=code("cifar_data"),
+        code=program_and_library("cifar_data"),
     output:
-        train="results/{dataset}/data/train.txt",
-        val="results/{dataset}/data/val.txt",
-        test="results/{dataset}/data/test.txt",
-        images=directory("results/{dataset}/data/images"),  # as in synthetic_data
+        train=pattern(paths.DATA_LIST, split="train"),
+        val=pattern(paths.DATA_LIST, split="val"),
+        test=pattern(paths.DATA_LIST, split="test"),
+        images=directory(paths.DATA_IMAGES),  # as in synthetic_data
     log:
-        "results/{dataset}/logs/cifar_data.log",
+        paths.log(paths.DATASET, "cifar_data"),
     wildcard_constraints:
         dataset=datasets_of_kind("cifar"),
     conda:
@@ -42,7 +42,7 @@ rule cifar_data:
     resources:
         attempt=job_attempt,
     params:
-        cifar=section("data", "cifar"),
+        cifar=setting_slice("data", "cifar"),
     script:
         "../scripts/cifar_data.py"
 
@@ -51,11 +51,11 @@ rule classes:
     """Per-class training counts and the many/medium/few split, from the train list alone."""
     input:
         train=list_file("train", images=False),
-        code=code("classes"),
+        code=program_and_library("classes"),
     output:
-        classes="results/{setting}/classes.csv",
+        classes=paths.CLASSES,
     log:
-        "results/{setting}/logs/classes.log",
+        paths.log(paths.SETTING, "classes"),
     conda:
         "../envs/pytorch.yaml"
     resources:
@@ -70,13 +70,13 @@ rule image_cache:
     """Decode one split of a preloaded (small-image) dataset once, for every job to memory-map."""
     input:
         images=lambda wildcards: list_file(wildcards.split)(wildcards),
-        code=code("image_cache"),
+        code=program_and_library("image_cache"),
     output:
-        cache="results/{setting}/cache/{split}.npy",
+        cache=paths.IMAGE_CACHE,
     log:
-        "results/{setting}/logs/image_cache_{split}.log",
+        paths.log(paths.SETTING, "image_cache_{split}"),
     benchmark:
-        "results/{setting}/benchmarks/image_cache_{split}.tsv"
+        paths.benchmark(paths.SETTING, "image_cache_{split}")
     conda:
         "../envs/pytorch.yaml"
     resources:
@@ -96,11 +96,11 @@ localrules:
 rule resolved_config:
     """A setting's merged config (defaults, dataset, variant), written beside its results."""
     input:
-        code=code("resolved_config"),
+        code=program_and_library("resolved_config"),
     output:
-        config="results/{setting}/resolved_config.yaml",
+        config=paths.RESOLVED_CONFIG,
     log:
-        "results/{setting}/logs/resolved_config.log",
+        paths.log(paths.SETTING, "resolved_config"),
     conda:
         "../envs/pytorch.yaml"
     resources:

@@ -1,16 +1,16 @@
 rule logits:
     """Scores of one model on every image of one data split, in list order, as Parquet."""
     input:
-        weights=model_file(None, "weights.pt"),
+        weights=model_file(None, paths.WEIGHTS),
         images=lambda wildcards: list_file(wildcards.split)(wildcards),
         cache=lambda wildcards: image_cache(wildcards.split)(wildcards),
-        code=code("logits"),
+        code=program_and_library("logits"),
     output:
-        logits="results/{setting}/seed{seed}/logits/{model}/{split}.parquet",
+        logits=paths.LOGITS,
     log:
-        "results/{setting}/seed{seed}/logs/logits_{model}_{split}.log",
+        paths.log(paths.REPLICATE, "logits_{model}_{split}"),
     benchmark:
-        "results/{setting}/seed{seed}/benchmarks/logits_{model}_{split}.tsv"
+        paths.benchmark(paths.REPLICATE, "logits_{model}_{split}")
     # Train-split logits feed no later stage (they are outputs for the user): val and test
     # logits, on the way to the calibration and the report, go first.
     priority: lambda wildcards: -1 if wildcards.split == "train" else 0

@@ -4,23 +4,23 @@ rule report:
         classes=classes_table,
         base_val=logits_file("base", "val"),
         base_test=logits_file("base", "test"),
-        base_weights=model_file("base", "weights.pt"),
+        base_weights=model_file("base", paths.WEIGHTS),
         decoupled=lambda wildcards: [logits_file(method, "test")(wildcards) for method in DECOUPLED_METHODS],
         experts=lambda wildcards: [logits_file(expert, "test")(wildcards) for expert in EXPERTS],
-        calibration=lambda wildcards: f"{folder(wildcards, 'calibrate')}/calibration/calibration.pt",
-        metrics=lambda wildcards: [model_file(model, "metrics.csv")(wildcards) for model in MODELS],
-        code=code("report"),
+        calibration=calibration_file,
+        metrics=lambda wildcards: [model_file(model, paths.METRICS)(wildcards) for model in MODELS],
+        code=program_and_library("report"),
     output:
-        report="results/{setting}/seed{seed}/report.csv",
-        per_class="results/{setting}/seed{seed}/per_class.csv",
-        predictions="results/{setting}/seed{seed}/predictions/test.parquet",
-        info="results/{setting}/seed{seed}/report_info.json",
-        test_shift="results/{setting}/seed{seed}/test_shift.csv",
-        per_class_plot="results/{setting}/seed{seed}/plots/per_class_accuracy.png",
-        reliability_plot="results/{setting}/seed{seed}/plots/reliability.png",
-        training_plot="results/{setting}/seed{seed}/plots/training_curves.png",
+        report=paths.REPLICATE_REPORT,
+        per_class=paths.REPLICATE_PER_CLASS,
+        predictions=paths.REPLICATE_PREDICTIONS,
+        info=paths.REPLICATE_REPORT_INFO,
+        test_shift=paths.REPLICATE_TEST_SHIFT,
+        per_class_plot=paths.REPLICATE_PER_CLASS_PLOT,
+        reliability_plot=paths.REPLICATE_RELIABILITY_PLOT,
+        training_plot=paths.REPLICATE_TRAINING_PLOT,
     log:
-        "results/{setting}/seed{seed}/logs/report.log",
+        paths.log(paths.REPLICATE, "report"),
     conda:
         "../envs/pytorch.yaml"
     resources:
@@ -34,83 +34,83 @@ rule aggregate:
     spread; its merged config beside it."""
     input:
         # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
-        **{f"metrics_{model}": model_file_of_every_replicate(model, "metrics.csv") for model in MODELS},
-        reports=replicate_files("report.csv"),
-        per_class=replicate_files("per_class.csv"),
-        predictions=replicate_files("predictions/test.parquet"),
-        test_shift=replicate_files("test_shift.csv"),
+        **{f"metrics_{model}": model_file_of_every_replicate(model, paths.METRICS) for model in MODELS},
+        reports=replicate_files(paths.REPLICATE_REPORT),
+        per_class=replicate_files(paths.REPLICATE_PER_CLASS),
+        predictions=replicate_files(paths.REPLICATE_PREDICTIONS),
+        test_shift=replicate_files(paths.REPLICATE_TEST_SHIFT),
         classes=classes_table,
-        config="results/{setting}/resolved_config.yaml",
-        code=code("aggregate"),
+        config=paths.RESOLVED_CONFIG,
+        code=program_and_library("aggregate"),
     output:
         report=report(
-            "results/{setting}/report.csv",
+            paths.REPORT,
             caption="../report/report.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "four-fold accuracy, mean over seeds"},
         ),
         seeds=report(
-            "results/{setting}/report_seeds.csv",
+            paths.REPORT_SEEDS,
             caption="../report/report_seeds.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "four-fold accuracy of every seed"},
         ),
         per_class=report(
-            "results/{setting}/per_class.csv",
+            paths.PER_CLASS,
             caption="../report/per_class.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "per-class accuracy"},
         ),
         split_counts=report(
-            "results/{setting}/split_counts.csv",
+            paths.SPLIT_COUNTS,
             caption="../report/split_counts.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "class splits"},
         ),
         test_shift=report(
-            "results/{setting}/test_shift.csv",
+            paths.TEST_SHIFT,
             caption="../report/test_shift.rst",
             category="Results",
             labels={"setting": "{setting}", "table": "shifted test distributions, mean over seeds"},
         ),
         four_fold_plot=report(
-            "results/{setting}/plots/four_fold.png",
+            paths.FOUR_FOLD_PLOT,
             caption="../report/four_fold.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "four-fold accuracy"},
         ),
         per_class_plot=report(
-            "results/{setting}/plots/per_class_accuracy.png",
+            paths.PER_CLASS_PLOT,
             caption="../report/per_class_plot.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "per-class accuracy"},
         ),
         reliability_plot=report(
-            "results/{setting}/plots/reliability.png",
+            paths.RELIABILITY_PLOT,
             caption="../report/reliability.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "reliability"},
         ),
         training_plot=report(
-            "results/{setting}/plots/training_curves.png",
+            paths.TRAINING_PLOT,
             caption="../report/training_curves.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "training curves"},
         ),
         long_tail_plot=report(
-            "results/{setting}/plots/long_tail.png",
+            paths.LONG_TAIL_PLOT,
             caption="../report/long_tail.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "long-tail profile"},
         ),
         test_shift_plot=report(
-            "results/{setting}/plots/test_shift.png",
+            paths.TEST_SHIFT_PLOT,
             caption="../report/test_shift_plot.rst",
             category="Plots",
             labels={"setting": "{setting}", "plot": "shifted test distributions"},
         ),
     log:
-        "results/{setting}/logs/aggregate.log",
+        paths.log(paths.SETTING, "aggregate"),
     conda:
         "../envs/pytorch.yaml"
     resources:
@@ -125,25 +125,25 @@ rule compare:
     """A dataset's main settings and every variant side by side: mean and std per method and fold."""
     input:
         reports=lambda wildcards: [
-            f"results/{setting}/report.csv"
+            paths.REPORT.format(setting=setting)
             for setting in [wildcards.dataset, *EXPERIMENTS.variants(wildcards.dataset)]
         ],
-        code=code("compare"),
+        code=program_and_library("compare"),
     output:
         comparison=report(
-            "results/{dataset}/comparison.csv",
+            paths.COMPARISON,
             caption="../report/comparison.rst",
             category="Comparison",
             labels={"dataset": "{dataset}", "table": "main settings and variants"},
         ),
         plot=report(
-            "results/{dataset}/plots/comparison.png",
+            paths.COMPARISON_PLOT,
             caption="../report/comparison_plot.rst",
             category="Comparison",
             labels={"dataset": "{dataset}", "plot": "main settings and variants"},
         ),
     log:
-        "results/{dataset}/logs/compare.log",
+        paths.log(paths.DATASET, "compare"),
     conda:
         "../envs/pytorch.yaml"
     resources:

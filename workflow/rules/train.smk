@@ -6,14 +6,14 @@ rule train_base:
         train_cache=image_cache("train"),
         val_cache=image_cache("val"),
         pretrained=pretrained_weights,
-        code=code("train"),
+        code=program_and_library("train"),
     output:
-        weights="results/{setting}/seed{seed}/models/base/weights.pt",
-        metrics="results/{setting}/seed{seed}/models/base/metrics.csv",
+        weights=pattern(paths.WEIGHTS, model="base"),
+        metrics=pattern(paths.METRICS, model="base"),
     log:
-        "results/{setting}/seed{seed}/logs/train_base.log",
+        paths.log(paths.REPLICATE, "train_base"),
     benchmark:
-        "results/{setting}/seed{seed}/benchmarks/train_base.tsv"
+        paths.benchmark(paths.REPLICATE, "train_base")
     conda:
         "../envs/pytorch.yaml"
     threads: EXECUTION.train_threads
@@ -36,15 +36,15 @@ rule train_expert:
         train_cache=image_cache("train"),
         val_cache=image_cache("val"),
         classes=classes_table,
-        base=model_file("base", "weights.pt"),
-        code=code("train"),
+        base=model_file("base", paths.WEIGHTS),
+        code=program_and_library("train"),
     output:
-        weights="results/{setting}/seed{seed}/models/{expert}/weights.pt",
-        metrics="results/{setting}/seed{seed}/models/{expert}/metrics.csv",
+        weights=pattern(paths.WEIGHTS, model="{expert}"),
+        metrics=pattern(paths.METRICS, model="{expert}"),
     log:
-        "results/{setting}/seed{seed}/logs/train_{expert}.log",
+        paths.log(paths.REPLICATE, "train_{expert}"),
     benchmark:
-        "results/{setting}/seed{seed}/benchmarks/train_{expert}.tsv"
+        paths.benchmark(paths.REPLICATE, "train_{expert}")
     # In the order of EXPERTS: the many-shot expert trains on the most images (most of a
     # long-tailed train set): started first, it is not the last job to end while the other
     # cores sit idle.
@@ -70,15 +70,15 @@ rule train_decoupled:
         val=list_file("val"),
         train_cache=image_cache("train"),
         val_cache=image_cache("val"),
-        base=model_file("base", "weights.pt"),
-        code=code("train_decoupled"),
+        base=model_file("base", paths.WEIGHTS),
+        code=program_and_library("train_decoupled"),
     output:
-        weights="results/{setting}/seed{seed}/models/{method}/weights.pt",
-        metrics="results/{setting}/seed{seed}/models/{method}/metrics.csv",
+        weights=pattern(paths.WEIGHTS, model="{method}"),
+        metrics=pattern(paths.METRICS, model="{method}"),
     log:
-        "results/{setting}/seed{seed}/logs/train_{method}.log",
+        paths.log(paths.REPLICATE, "train_{method}"),
     benchmark:
-        "results/{setting}/seed{seed}/benchmarks/train_{method}.tsv"
+        paths.benchmark(paths.REPLICATE, "train_{method}")
     conda:
         "../envs/pytorch.yaml"
     threads: EXECUTION.expert_threads
