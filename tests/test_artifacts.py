@@ -11,7 +11,7 @@ from string import Formatter
 import pytest
 
 from balanced_experts import paths
-from balanced_experts.experiments import STAGES, job_key
+from balanced_experts.experiments import STAGES, Experiments, job_key
 from conftest import REPO, copy_workflow, snakemake, tiny_config
 
 # -- the templates --------------------------------------------------------------------------
@@ -25,6 +25,17 @@ def test_a_pattern_keeps_every_field_it_is_not_given_as_a_wildcard():
         "results/tiny/variants/v/seed1/models/few/weights.pt"
     with pytest.raises(KeyError, match="has no field expert"):
         paths.pattern(paths.WEIGHTS, expert="few")
+
+
+def test_a_stage_file_lies_in_the_folder_of_the_setting_that_owns_it():
+    experiments = Experiments.from_config(variant_config())
+    few, many = (experiments.stage_file(paths.WEIGHTS, "train_expert", "tiny/variants/fewlr", 1, expert, model=expert)
+                 for expert in ("few", "many"))
+    assert (few, many) == ("results/tiny/variants/fewlr/seed1/models/few/weights.pt",
+                           "results/tiny/seed1/models/many/weights.pt")
+    # A stage run once per setting: its template holds no seed.
+    assert experiments.stage_file(paths.CLASSES, "classes", "tiny/variants/splits", 1) == \
+        "results/tiny/variants/splits/classes.csv"
 
 
 def test_the_rules_spell_no_result_path():

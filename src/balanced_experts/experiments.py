@@ -53,8 +53,8 @@ class Stage:
 
     ``slices``: rule param name -> config key path ("{key}" stands for the job's expert or
     decoupled method);
-    ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads (tests check
-    it against the rules' inputs);
+    ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads
+    (tests/test_artifacts.py holds it against the rules' inputs);
     ``trains``: its ``train`` slice's ``seed`` is derived from the replicate.
 
     Whether a stage runs once per replicate or once per setting is its files' business: their
