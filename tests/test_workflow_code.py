@@ -1,7 +1,7 @@
 """What the workflow declares about its own code, read from real Snakemake: every rule's code
-inputs are its stage program and exactly the library modules that program runs; the conda
-environment of the stages holds every package they import; the `execution` section has one
-set of defaults."""
+inputs are its stage program and exactly the library modules that program runs; each program
+reads Snakemake's job object once, at the top of its main; the conda environment of the
+stages holds every package they import; the `execution` section has one set of defaults."""
 
 import ast
 import dataclasses
@@ -80,6 +80,26 @@ def test_a_new_import_is_a_new_code_input(tmp_path):
     code = declared_code(workdir)["classes"]["code"]
     assert {f"src/{LIBRARY}/metrics.py", f"src/{LIBRARY}/baselines.py"} <= set(code)
     assert set(code[1:]) == import_closure(workdir, "workflow/scripts/classes.py")
+
+
+def test_each_program_reads_the_job_once_at_the_top_of_its_main():
+    """A stage program unpacks Snakemake's `snakemake` object in `main(snakemake)`, up to the
+    line that opens the job's log, into plain values that it passes on: no other function
+    reads it, so each step can be called with plain arguments."""
+    for script in sorted((REPO / "workflow/scripts").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+        assert [a.arg for a in main.args.args] == ["snakemake"], script.name
+        # Outside main, only the module's last statement: `if __name__ == "__main__": main(snakemake)`.
+        in_main = {id(n) for n in ast.walk(main)}
+        outside = [n for n in ast.walk(tree)
+                   if isinstance(n, ast.Name) and n.id == "snakemake" and id(n) not in in_main]
+        assert ast.unparse(tree.body[-1]) == "if __name__ == '__main__':\n    main(snakemake)", script.name
+        assert len(outside) == 1, script.name
+        opens_log = min(n.lineno for n in ast.walk(main)
+                        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "get_logger")
+        reads = [n.lineno for n in ast.walk(main) if isinstance(n, ast.Name) and n.id == "snakemake"]
+        assert max(reads) <= opens_log, f"{script.name}:{max(reads)} reads `snakemake` after the log is open"
 
 
 # Import name -> conda-forge package name, where they differ.
