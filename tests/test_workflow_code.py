@@ -1,10 +1,9 @@
 """What the workflow declares about its own code, read from real Snakemake: every rule's code
 inputs are its stage program and exactly the library modules that program runs; each program
 reads Snakemake's job object once, at the top of its main; the conda environment of the
-stages holds every package they import; the `execution` section has one set of defaults."""
+stages holds every package they import; a job may use CUDA when asked or when `auto` finds a GPU."""
 
 import ast
-import dataclasses
 import re
 import json
 import modulefinder
@@ -137,16 +136,6 @@ def test_the_stages_conda_environment_holds_every_package_they_import():
     dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
     pip = _requirement_names(re.findall(r'"([^"]+)"', dependencies))
     assert {PYPI_NAMES.get(name, name) for name in env - {"python"}} <= pip
-
-
-def test_execution_defaults_are_those_config_yaml_shows():
-    """ExecutionSettings holds the section's defaults; config.yaml spells them out for the
-    reader, and the schema lists its keys: all three name the same settings."""
-    shown = yaml.safe_load((REPO / "config.yaml").read_text())["execution"]
-    assert shown == dataclasses.asdict(ExecutionSettings())
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    keys = set(schema["properties"]["execution"]["properties"])
-    assert keys == {f.name for f in dataclasses.fields(ExecutionSettings)}
 
 
 def test_a_job_may_use_cuda_when_asked_or_when_auto_finds_a_gpu():
