@@ -1,6 +1,6 @@
 """The methods the report compares, one row each: their names, in report order, and what
-each one is. The report's tables, its plots and captions, and the tests take the names
-from here (a test holds the captions and the plots' styles to them)."""
+each one is. The report's rows, the plots' highlighted method and the tests take the names
+from here; a test holds the report captions and the plots' styles to them."""
 
 METHODS = {
     "base": "plain cross-entropy model (the generalist)",
