@@ -223,7 +223,7 @@ def bench_backbone(backbone: str, size: int, num_images: int, batch: int, device
 
     sync = device_sync(device)
     model, source, labels = _model_and_source(backbone, size, num_images, device)
-    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, scheduler="constant")
+    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, seed=0, scheduler="constant")
     positions = np.arange(num_images)
     kwargs = {}
     import inspect
@@ -325,7 +325,7 @@ def bench_jpeg_training(backbone: str, count: int, batch: int, device, scratch: 
     spec = InputSpec(size=224, resize=256, augment="imagenet", workers=bench_data_loading.workers)
     source = ImageSource.open(list_file.parent, image_list, spec, decode_on_device=on_device)
     model = build_model({"name": backbone, "embed_dim": 512}, 10).to(device)
-    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, scheduler="constant")
+    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.01, seed=0, scheduler="constant")
     positions = np.arange(count)
     sync = device_sync(device)
 

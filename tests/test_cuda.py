@@ -95,7 +95,7 @@ def test_training_on_cuda_learns_and_predicts(tmp_path, amp):
     positions = np.arange(n)
     torch.manual_seed(0)
     model = build_model({"name": "resnet_cifar8", "width": 8, "embed_dim": 16}, 3).to(CUDA)
-    settings = TrainSettings(epochs=6, batch_size=16, lr=0.05, scheduler="constant")
+    settings = TrainSettings(epochs=6, batch_size=16, lr=0.05, seed=0, scheduler="constant")
     result = fit(model, list(model.parameters()),
                  train_batches=lambda gen: source.batches(positions, labels, 16, True, CUDA, gen),
                  val_batches=lambda: source.batches(positions, labels, 32, False, CUDA),

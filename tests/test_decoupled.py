@@ -1,12 +1,20 @@
-"""The decoupled classifiers (Kang et al. 2020): the class-aware sampler and LWS."""
+"""The decoupled classifiers (Kang et al. 2020): the class-aware sampler, LWS, what an
+epoch feeds the head (real images through a real base model), and the weights they end as."""
 
+import functools
+
+import numpy as np
 import pytest
 import torch
 
 from balanced_experts import DECOUPLED_METHODS
-from balanced_experts.decoupled import (ScaledClassifier, as_linear, class_aware_indices, decoupled_head,
-                                        steps_per_epoch)
-from balanced_experts.report import METHODS
+from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.decoupled import (ScaledClassifier, as_linear, cached_feed, class_aware_indices, decoupled_head,
+                                        image_feed, save_decoupled, steps_per_epoch)
+from balanced_experts.lists import read_list
+from balanced_experts.methods import METHODS
+from balanced_experts.models import build_model, load_model
+from balanced_experts.synthetic import SyntheticSpec, generate
 
 COUNTS = [50, 20, 7, 3, 1]  # long-tailed: class c has COUNTS[c] images
 LABELS = torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS))
@@ -75,3 +83,79 @@ def test_crt_head_is_a_fresh_classifier():
 def test_every_decoupled_classifier_has_a_report_row():
     rows = [m for m in METHODS if m.removeprefix("base_") in DECOUPLED_METHODS]
     assert rows == [f"base_{m}" for m in DECOUPLED_METHODS]
+
+
+BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    """The train and val splits of real images: ``(sources, labels)`` by split name."""
+    root = tmp_path_factory.mktemp("images")
+    generate(SyntheticSpec(num_classes=3, max_count=12, imbalance=3, val_per_class=2, test_per_class=1,
+                           image_size=12, seed=0), root, log=lambda _: None)
+    spec = InputSpec(size=12, augment="crop_flip", preload=True, pad=2, workers=0)
+    lists = {split: read_list(root / f"{split}.txt") for split in ("train", "val")}
+    sources = {split: ImageSource.open(root, lists[split], spec) for split in lists}
+    labels = {split: torch.as_tensor(lists[split].labels) for split in lists}
+    return sources, labels
+
+
+def _order(labels, batch_size):
+    return functools.partial(class_aware_indices, labels["train"], 2 * batch_size, 2)
+
+
+def test_the_image_feed_trains_the_head_in_the_model_on_class_aware_batches(splits):
+    sources, labels = splits
+    model = build_model(BACKBONE, 3)
+    head = decoupled_head("crt", model.classifier)
+    feed = image_feed(model, head, sources, labels, _order(labels, 4), 4, 5, torch.device("cpu"))
+    assert feed.module is model and model.classifier is head
+    assert {id(p) for p in feed.parameters} == {id(p) for p in head.parameters()}
+    assert not any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("classifier."))
+    batches = list(feed.train_batches(torch.Generator().manual_seed(0)))
+    expected = labels["train"][class_aware_indices(labels["train"], 8, 2, torch.Generator().manual_seed(0))]
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 12, 12)] * 2
+    assert torch.equal(torch.cat([y for _, y in batches]), expected)  # the sampler's order, not shuffled
+    assert torch.equal(torch.cat([y for _, y in feed.val_batches()]), labels["val"])
+
+
+def test_the_cached_feed_trains_the_head_alone_on_features_computed_once(splits):
+    sources, labels = splits
+    model = build_model(BACKBONE, 3)
+    head = decoupled_head("lws", model.classifier)
+    lines = []
+    feed = cached_feed(model, head, sources, labels, _order(labels, 4), 4, 5, False, torch.device("cpu"),
+                       lines.append)
+    assert feed.module is head and feed.parameters == [head.scales]
+    assert lines == [f"features of {len(labels[s])} {s} images: ({len(labels[s])}, 8)" for s in ("train", "val")]
+    # The val features are the base model's, in eval mode and list order.
+    model.eval()
+    with torch.no_grad():
+        x = torch.cat([x for x, _ in sources["val"].batches(np.arange(len(labels["val"])), labels["val"], 5, False,
+                                                            torch.device("cpu"))])
+        features = torch.cat([f for f, _ in feed.val_batches()])
+        torch.testing.assert_close(features, model.features(x))
+    order = class_aware_indices(labels["train"], 8, 2, torch.Generator().manual_seed(1))
+    train = list(feed.train_batches(torch.Generator().manual_seed(1)))
+    assert [tuple(f.shape) for f, _ in train] == [(4, 8)] * 2
+    assert torch.equal(torch.cat([y for _, y in train]), labels["train"][order])
+
+
+def test_saved_lws_weights_are_a_plain_model_with_its_scales_folded_in(splits, tmp_path):
+    sources, labels = splits
+    model = build_model(BACKBONE, 3)
+    base_meta = {"model": "base", "backbone": BACKBONE, "num_classes": 3, "output_class_ids": [0, 1, 2],
+                 "best_epoch": 5, "best_val_acc": 40.0}
+    head = decoupled_head("lws", model.classifier)
+    feed = cached_feed(model, head, sources, labels, _order(labels, 4), 4, 5, False, torch.device("cpu"),
+                       lambda _: None)
+    best = {**head.state_dict(), "scales": torch.tensor([2.0, 0.5, 1.0])}
+    save_decoupled(tmp_path / "lws.pt", model, head, feed, {"state_dict": best, "best_epoch": 2, "best_val_acc": 50.0},
+                   base_meta, "lws", "cached")
+    saved, meta = load_model(tmp_path / "lws.pt")
+    assert meta == {**base_meta, "model": "lws", "features": "cached", "best_epoch": 2, "best_val_acc": 50.0,
+                    "lws_scales": [2.0, 0.5, 1.0]}
+    f = torch.randn(4, 8)
+    torch.testing.assert_close(saved.classifier(f), head(f))  # the best epoch's scales, folded
+    torch.testing.assert_close(saved.classifier.weight, best["weight"] * best["scales"][:, None])

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from balanced_experts.experts import REJECT
-from balanced_experts.logits import LogitsTable, check_aligned, read_logits, write_logits
+from balanced_experts.lists import ImageList
+from balanced_experts.logits import LogitsTable, check_aligned, model_logits_table, read_logits, write_logits
 from balanced_experts.metrics import four_fold_accuracy, per_class_accuracy
 
 
@@ -53,6 +54,26 @@ def test_parquet_round_trip_and_pandas(tmp_path):
     assert back.class_ids.tolist() == [4, 7]
     assert back.meta["open_ratio"] == 8.0 and back.is_expert
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_models_logits_file_records_its_outputs_from_its_weights(tmp_path):
+    """In list order, each row named by its position; the outputs and the open ratio are the
+    weights' (an expert's), the class count the dataset's; the base model has no open ratio."""
+    images = ImageList([f"train/{i}.png" for i in range(4)], np.array([4, 7, 0, 4]))
+    logits = np.arange(12, dtype=np.float32).reshape(4, 3)
+    expert = {"model": "few", "backbone": {"name": "resnet_cifar8"}, "num_classes": 9,
+              "output_class_ids": [4, 7, REJECT], "best_epoch": 2, "best_val_acc": 50.0, "open_ratio": 8.0,
+              "num_learnable": 3}
+    write_logits(tmp_path / "few.parquet", model_logits_table(logits, images, "few", "train", expert))
+    back = read_logits(tmp_path / "few.parquet")
+    assert back.meta == {"model": "few", "split": "train", "num_classes": 9, "open_ratio": 8.0,
+                         "output_class_ids": [4, 7, REJECT]}
+    assert back.sample_ids.tolist() == [0, 1, 2, 3] and back.paths == images.paths
+    assert back.labels.tolist() == [4, 7, 0, 4] and np.array_equal(back.logits, logits)
+    base = {**expert, "model": "base", "output_class_ids": list(range(9))}
+    del base["open_ratio"], base["num_learnable"]
+    table = model_logits_table(np.zeros((4, 9), np.float32), images, "base", "test", base)
+    assert table.meta == {"model": "base", "split": "test", "num_classes": 9} and not table.is_expert
 
 
 def test_alignment_check():

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from balanced_experts import methods
 from balanced_experts.logits import read_logits
 from balanced_experts.report import REPORT_COLUMNS
 from conftest import planned_jobs, snakemake, tiny_config, write_config
@@ -15,8 +16,7 @@ from conftest import planned_jobs, snakemake, tiny_config, write_config
 pytestmark = pytest.mark.slow
 
 MODELS = ("base", "many", "medium", "few", "crt", "lws")
-METHODS = ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "base_lws", "experts_naive",
-           "experts_prior", "experts_calibrated", "oracle"]
+METHODS = list(methods.METHODS)
 SPLITS = ("train", "val", "test")
 
 

@@ -1,10 +1,9 @@
 """What the workflow declares about its own code, read from real Snakemake: every rule's code
-inputs are its stage program and exactly the library modules that program runs; the conda
-environment of the stages holds every package they import; the `execution` section has one
-set of defaults."""
+inputs are its stage program and exactly the library modules that program runs; each program
+reads Snakemake's job object once, at the top of its main; the conda environment of the
+stages holds every package they import; a job may use CUDA when asked or when `auto` finds a GPU."""
 
 import ast
-import dataclasses
 import re
 import json
 import modulefinder
@@ -82,6 +81,26 @@ def test_a_new_import_is_a_new_code_input(tmp_path):
     assert set(code[1:]) == import_closure(workdir, "workflow/scripts/classes.py")
 
 
+def test_each_program_reads_the_job_once_at_the_top_of_its_main():
+    """A stage program unpacks Snakemake's `snakemake` object in `main(snakemake)`, up to the
+    line that opens the job's log, into plain values that it passes on: no other function
+    reads it, so each step can be called with plain arguments."""
+    for script in sorted((REPO / "workflow/scripts").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+        assert [a.arg for a in main.args.args] == ["snakemake"], script.name
+        # Outside main, only the module's last statement: `if __name__ == "__main__": main(snakemake)`.
+        in_main = {id(n) for n in ast.walk(main)}
+        outside = [n for n in ast.walk(tree)
+                   if isinstance(n, ast.Name) and n.id == "snakemake" and id(n) not in in_main]
+        assert ast.unparse(tree.body[-1]) == "if __name__ == '__main__':\n    main(snakemake)", script.name
+        assert len(outside) == 1, script.name
+        opens_log = min(n.lineno for n in ast.walk(main)
+                        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "get_logger")
+        reads = [n.lineno for n in ast.walk(main) if isinstance(n, ast.Name) and n.id == "snakemake"]
+        assert max(reads) <= opens_log, f"{script.name}:{max(reads)} reads `snakemake` after the log is open"
+
+
 # Import name -> conda-forge package name, where they differ.
 CONDA_NAMES = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml", "matplotlib": "matplotlib-base"}
 # conda-forge package name -> PyPI name, where they differ.
@@ -117,16 +136,6 @@ def test_the_stages_conda_environment_holds_every_package_they_import():
     dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
     pip = _requirement_names(re.findall(r'"([^"]+)"', dependencies))
     assert {PYPI_NAMES.get(name, name) for name in env - {"python"}} <= pip
-
-
-def test_execution_defaults_are_those_config_yaml_shows():
-    """ExecutionSettings holds the section's defaults; config.yaml spells them out for the
-    reader, and the schema lists its keys: all three name the same settings."""
-    shown = yaml.safe_load((REPO / "config.yaml").read_text())["execution"]
-    assert shown == dataclasses.asdict(ExecutionSettings())
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    keys = set(schema["properties"]["execution"]["properties"])
-    assert keys == {f.name for f in dataclasses.fields(ExecutionSettings)}
 
 
 def test_a_job_may_use_cuda_when_asked_or_when_auto_finds_a_gpu():

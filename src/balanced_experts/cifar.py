@@ -42,6 +42,9 @@ _ARCHIVE_MEMBERS = {
                  "labels": b"fine_labels", "meta": "meta", "names": b"fine_label_names"},
 }
 
+VARIANTS = tuple(_ARCHIVE_MEMBERS)
+"""The archives ``data.cifar.variant`` may name (the schema's enum; a test holds them equal)."""
+
 
 class CifarArchiveError(ValueError):
     """An archive that is not a CIFAR python archive of the expected variant."""
@@ -75,8 +78,8 @@ class CifarLTSpec:
     def from_config(cls, cfg: dict | None) -> "CifarLTSpec":
         cfg = {k: v for k, v in dict(cfg or {}).items() if k != "archive"}
         spec = cls(**cfg)
-        if spec.variant not in _ARCHIVE_MEMBERS:
-            raise ValueError(f"unknown CIFAR variant {spec.variant!r}; expected cifar10 or cifar100")
+        if spec.variant not in VARIANTS:
+            raise ValueError(f"unknown CIFAR variant {spec.variant!r}; expected one of {', '.join(VARIANTS)}")
         return spec
 
 

@@ -37,6 +37,10 @@ from .runtime import ArtifactError, reading, replacing, unreadable
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+AUGMENTATIONS = ("imagenet", "crop_flip", "none")
+"""The training augmentations ``input.augment`` may name (the schema's enum; a test holds them
+equal): RandomResizedCrop + flip + ColorJitter, pad + random crop + flip, none."""
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -44,7 +48,7 @@ class InputSpec:
 
     size: int = 224
     resize: int | None = None  # eval: Resize(resize) + CenterCrop(size); default size * 8/7
-    augment: str = "imagenet"  # "imagenet" | "crop_flip" | "none"
+    augment: str = "imagenet"  # one of AUGMENTATIONS
     preload: bool = False
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD

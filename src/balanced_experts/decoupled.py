@@ -22,11 +22,18 @@ with the backbone in eval mode, and the classifier trains on those.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from .logits import predict
+from .models import save_checkpoint, set_learnable_modules
+
 FEATURE_SOURCES = ("images", "cached")
+"""What a decoupled classifier trains on (``features``; the schema's enum, a test holds them equal)."""
 
 
 @dataclass(frozen=True)
@@ -127,3 +134,68 @@ def tensor_batches(features: torch.Tensor, labels: torch.Tensor, order: torch.Te
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield features[idx].to(device), labels[idx].to(device)
+
+
+class Feed(NamedTuple):
+    """What trains in a decoupled classifier's job, and what one epoch feeds it."""
+
+    module: nn.Module  # the module :func:`balanced_experts.training.fit` trains and keeps the best state of
+    parameters: list[nn.Parameter]  # the head's
+    train_batches: Callable[[torch.Generator], Iterable]  # one epoch of class-aware batches
+    val_batches: Callable[[], Iterable]
+
+
+def image_feed(model: nn.Module, head: nn.Module, sources: dict, labels: dict[str, torch.Tensor],
+               class_aware_order: Callable[[torch.Generator], torch.Tensor], batch_size: int,
+               eval_batch_size: int, device: torch.device) -> Feed:
+    """Kang et al.'s way: ``head`` in place of ``model``'s classifier, augmented images through
+    the frozen backbone every epoch. ``sources``, ``labels``: the train and val splits' image
+    sources (:class:`balanced_experts.data.ImageSource`) and labels, by split name;
+    ``class_aware_order(generator)``: an epoch's training images in sampler order."""
+    model.classifier = head
+
+    def train_batches(generator):
+        order = class_aware_order(generator)
+        return sources["train"].batches(order, labels["train"][order], batch_size, True, device, generator,
+                                        shuffle=False)
+
+    def val_batches():
+        return sources["val"].batches(np.arange(len(labels["val"])), labels["val"], eval_batch_size, False, device)
+
+    return Feed(model, set_learnable_modules(model, [head]), train_batches, val_batches)
+
+
+def cached_feed(model: nn.Module, head: nn.Module, sources: dict, labels: dict[str, torch.Tensor],
+                class_aware_order: Callable[[torch.Generator], torch.Tensor], batch_size: int,
+                eval_batch_size: int, amp: bool, device: torch.device, log: Callable[[str], None] = print) -> Feed:
+    """The faster deviation: the backbone's features of every train and val image, computed
+    once (no augmentation, eval mode); ``head`` alone trains on them. As :func:`image_feed`."""
+    features = {}
+    for split, source in sources.items():
+        batches = source.batches(np.arange(len(source)), labels[split], eval_batch_size, False, device)
+        features[split] = torch.from_numpy(predict(model, batches, len(source), model.feature_dim, amp=amp,
+                                                   features=True))
+        log(f"features of {len(source)} {split} images: {tuple(features[split].shape)}")
+
+    def train_batches(generator):
+        return tensor_batches(features["train"], labels["train"], class_aware_order(generator), batch_size, device)
+
+    def val_batches():
+        return tensor_batches(features["val"], labels["val"], torch.arange(len(labels["val"])), eval_batch_size,
+                              device)
+
+    return Feed(head, list(head.parameters()), train_batches, val_batches)
+
+
+def save_decoupled(path: str | Path, model: nn.Module, head: nn.Module, feed: Feed, result: dict, base_meta: dict,
+                   method: str, features: str) -> None:
+    """The best epoch's head (``result``: :func:`balanced_experts.training.fit`'s) in ``model``
+    as a plain linear classifier (LWS's scales folded in), saved with the base model's
+    metadata and what this method adds: its name, its feature source, the best epoch and
+    its val accuracy, and LWS's scales."""
+    feed.module.load_state_dict(result["state_dict"])
+    model.classifier = as_linear(head)
+    extra = {"lws_scales": [float(s) for s in head.scales.detach().cpu()]} if method == "lws" else {}
+    save_checkpoint(path, model, {**base_meta, "model": method, "features": features,
+                                  "best_epoch": int(result["best_epoch"]),
+                                  "best_val_acc": float(result["best_val_acc"]), **extra})

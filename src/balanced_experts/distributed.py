@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -32,6 +33,19 @@ def relaunch_under_torchrun(processes: int) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={processes}", sys.argv[0], *sys.argv[1:]]
     return subprocess.call(command)
+
+
+def start_processes(device: torch.device, nproc: int = 0, gpus: int = 0) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)`` of this process of a training job given ``nproc``
+    processes (0: one per GPU of the job, ``gpus``, on CUDA; one on the CPU). A job given
+    several starts itself again under torchrun here and exits with its status; each worker
+    joins the process group."""
+    processes = int(nproc) or (int(gpus) if device.type == "cuda" else 1)
+    if processes > 1 and not under_torchrun():
+        raise SystemExit(relaunch_under_torchrun(processes))
+    if under_torchrun():
+        return join_process_group(device)
+    return 0, 1, device
 
 
 def join_process_group(device: torch.device) -> tuple[int, int, torch.device]:
@@ -75,6 +89,29 @@ def epoch_shard(num_items: int, generator: torch.Generator, rank: int, world_siz
     order = torch.cat([order, order[: padded_length - num_items]])
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return order[rank::world_size], torch.Generator().manual_seed(seed + rank)
+
+
+def epoch_batches(source, targets, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1):
+    """``(train_batches(generator), steps per epoch)``: one epoch of shuffled, augmented
+    batches of ``source`` (an :class:`balanced_experts.data.ImageSource`) with ``targets``.
+
+    Under DDP the configured batch size stays the global one (same lr, same steps per
+    epoch): each rank takes its share of it from its shard of the epoch (:func:`epoch_shard`).
+    """
+    if world_size == 1:
+        def train_batches(generator):
+            return source.batches(np.arange(len(source)), targets, batch_size, True, device, generator)
+
+        return train_batches, -(-len(source) // batch_size)
+    rank_batch_size = -(-batch_size // world_size)
+
+    def train_batches(generator):
+        positions, rank_generator = epoch_shard(len(source), generator, rank, world_size)
+        return source.batches(positions, np.asarray(targets)[positions.numpy()], rank_batch_size, True, device,
+                              rank_generator)
+
+    shard_length = -(-len(source) // world_size)
+    return train_batches, -(-shard_length // rank_batch_size)
 
 
 def sync_batchnorm_layers(model: torch.nn.Module, device: torch.device, enabled: bool = True) -> int:

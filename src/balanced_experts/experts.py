@@ -13,6 +13,10 @@ import numpy as np
 REJECT = -1
 """The class id written for the reject output in ``output_class_ids``."""
 
+REJECT_SAMPLINGS = ("images", "classes")
+"""How an expert's reject images are drawn (``reject_sampling``; the schema's enum, a test
+holds them equal): see :func:`sample_reject`."""
+
 
 @dataclass(frozen=True)
 class ExpertSettings:
@@ -21,7 +25,7 @@ class ExpertSettings:
 
     open_ratio: float  # in-split training images per reject image
     num_learnable: int  # -1 all, 1 the classifier, 2 + fc, k >= 3 + the last k - 2 backbone stages
-    reject_sampling: str = "images"  # "images" | "classes": see sample_reject
+    reject_sampling: str = "images"  # one of REJECT_SAMPLINGS: see sample_reject
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ExpertSettings":
@@ -72,7 +76,7 @@ def sample_reject(
     if sampling == "images":
         return np.sort(rng.choice(pool, size=count, replace=False))
     if sampling != "classes":
-        raise ValueError(f"reject sampling must be 'images' or 'classes', got {sampling!r}")
+        raise ValueError(f"reject sampling must be one of {', '.join(REJECT_SAMPLINGS)}, got {sampling!r}")
     # Round-robin over a shuffled copy of each class's images.
     by_class = {}
     for position in rng.permutation(pool):

@@ -47,6 +47,21 @@ class LogitsTable:
         return int(self.meta["num_classes"])
 
 
+def model_logits_table(logits: np.ndarray, image_list, model: str, split: str, weights_meta: dict) -> LogitsTable:
+    """The logits file's table of ``model`` on every entry of one split's list
+    (:class:`balanced_experts.lists.ImageList`), in list order: its outputs and metadata
+    from the model's weights (``weights_meta``)."""
+    return LogitsTable(
+        logits=logits,
+        labels=image_list.labels,
+        sample_ids=np.arange(len(image_list)),
+        paths=image_list.paths,
+        output_class_ids=np.asarray(weights_meta["output_class_ids"]),
+        meta={"model": model, "split": split, "num_classes": weights_meta["num_classes"],
+              **({"open_ratio": weights_meta["open_ratio"]} if "open_ratio" in weights_meta else {})},
+    )
+
+
 def column_names(output_class_ids) -> list[str]:
     return [("logit_reject" if c == REJECT else f"logit_{int(c)}") for c in output_class_ids]
 

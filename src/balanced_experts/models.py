@@ -122,6 +122,11 @@ TORCHVISION_LAYOUTS = {
     "resnext50_32x4d": ("Bottleneck", [3, 4, 6, 3], {"groups": 32, "width_per_group": 4}),
 }
 
+BACKBONES = (*(f"resnet_cifar{depth}" for depth in (8, 20, 32, 56)), *TORCHVISION_LAYOUTS)
+"""The backbones ``backbone.name`` may name (the schema's enum; a test holds them equal and
+builds each): the CIFAR ResNets of the common depths (any ``6n + 2`` builds) and the
+ImageNet-style ResNets."""
+
 
 class LongTailNet(nn.Module):
     """Trunk -> global average pool -> fc(embed_dim) -> ReLU -> classifier(num_outputs).
@@ -181,12 +186,9 @@ class LongTailNet(nn.Module):
 
 def build_model(backbone_cfg: dict, num_outputs: int) -> LongTailNet:
     """A model in channels-last layout, which is faster for convolutions on CPUs and GPUs."""
-    model = LongTailNet(
-        backbone_cfg["name"],
-        num_outputs,
-        embed_dim=backbone_cfg.get("embed_dim", 512),
-        width=backbone_cfg.get("width"),
-    )
+    # What the section leaves out takes LongTailNet's default (config.yaml's, a test holds them equal).
+    options = {key: backbone_cfg[key] for key in ("embed_dim", "width") if key in backbone_cfg}
+    model = LongTailNet(backbone_cfg["name"], num_outputs, **options)
     return model.to(memory_format=torch.channels_last)
 
 
@@ -208,6 +210,7 @@ def set_learnable_modules(model: nn.Module, learnable: list[nn.Module]) -> list[
 
 
 FROZEN_BN_MODES = ("train", "eval")
+"""The modes ``frozen_bn`` may name (the schema's enum; a test holds them equal): see :func:`train_mode`."""
 
 
 def train_mode(model: nn.Module, frozen_bn: str = "train") -> None:

@@ -12,10 +12,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import SPLIT_NAMES  # noqa: E402
+from .methods import PROPOSED  # noqa: E402
 from .metrics import binned_calibration_error, reliability_bins  # noqa: E402
 from .shift import DISTRIBUTIONS  # noqa: E402
 
 SPLIT_COLORS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#55a868"}
+# Colour and marker of the methods the curves show (a test holds the names to methods.METHODS).
 METHOD_STYLES = {
     "base": ("#7f7f7f", "o"),
     "base_logit_adjusted": ("#bcbd22", "v"),
@@ -64,7 +66,7 @@ def per_class_accuracy_plot(per_class: list[pd.DataFrame], path: str | Path) -> 
         ax.scatter(counts, accs.mean(0), s=8, color=color, alpha=0.25, marker=marker)
         curves = [_smooth(counts, acc, window) for acc in accs]
         xs, ys = curves[0][0], np.stack([c[1] for c in curves])
-        ax.plot(xs, ys.mean(0), color=color, lw=2 if method == "experts_calibrated" else 1.3, label=method)
+        ax.plot(xs, ys.mean(0), color=color, lw=2 if method == PROPOSED else 1.3, label=method)
         if len(per_class) > 1:
             spread = ys.std(0, ddof=1)
             ax.fill_between(xs, np.clip(ys.mean(0) - spread, 0, 100), np.clip(ys.mean(0) + spread, 0, 100),
@@ -236,7 +238,7 @@ def test_shift_plot(table: pd.DataFrame, path: str | Path) -> None:
                      for kind, rho in DISTRIBUTIONS]
             values, std = part.loc[order, column].to_numpy(), part.loc[order, f"{column}_std"].to_numpy()
             ax.errorbar(x, values, yerr=np.nan_to_num(std) if seeds > 1 else None, color=color, marker=marker,
-                        ms=4, lw=2 if method == "experts_calibrated" else 1.2, capsize=2, label=method)
+                        ms=4, lw=2 if method == PROPOSED else 1.2, capsize=2, label=method)
         ax.axvline(labels.index("uniform"), color="black", ls="--", lw=0.8)
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_xlabel("test label distribution: forward-LT (F) ... uniform ... backward-LT (B), imbalance")

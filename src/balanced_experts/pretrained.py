@@ -26,6 +26,10 @@ import torch
 from torch import nn
 
 FORMATS = ("torchvision", "caffe")
+"""The file formats ``backbone.pretrained.format`` may name (the schema's enum; a test holds them equal)."""
+
+DEFAULT_FORMAT = "torchvision"
+"""The format of a ``backbone.pretrained`` section that names none."""
 
 # torchvision ResNet prefix -> this project's trunk prefix (see models.TorchvisionResNetTrunk).
 _PREFIXES = {"conv1.": "stem.0.", "bn1.": "stem.1.", "layer1.": "layer1.", "layer2.": "layer2.",
@@ -65,7 +69,7 @@ def map_resnet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return mapped
 
 
-def load_trunk_weights(trunk: nn.Module, path: str | Path, fmt: str = "torchvision") -> dict:
+def load_trunk_weights(trunk: nn.Module, path: str | Path, fmt: str = DEFAULT_FORMAT) -> dict:
     """Copy the pretrained weights in ``path`` into ``trunk``; returns a summary.
 
     Raises :class:`PretrainedWeightsError` when the file is missing, unreadable, or does

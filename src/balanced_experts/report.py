@@ -14,23 +14,13 @@ from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
                           oracle_predictions, read_calibration)
 from .logits import check_aligned, read_logits
+from .methods import METHODS
 from .metrics import (expected_calibration_error, four_fold_accuracy, negative_log_likelihood,
                       per_class_accuracy)
 from .models import load_checkpoint
 from .shift import SHIFT_COLUMNS, assumed_prior, shift_table
 from .splits import read_class_table
 
-METHODS = {
-    "base": "plain cross-entropy model (the generalist)",
-    "base_logit_adjusted": "base logits minus tau * log(train prior), tau chosen on val (Menon et al. 2021)",
-    "base_tau_norm": "base classifier weights divided by their norm^tau, tau chosen on val (Kang et al. 2020)",
-    "base_crt": "classifier re-trained on the frozen base model, class-aware sampling (cRT, Kang et al. 2020)",
-    "base_lws": "base classifier with learnable per-class scales, class-aware sampling (LWS, Kang et al. 2020)",
-    "experts_naive": "experts fused with identity calibration",
-    "experts_prior": "experts fused with only the reject-prior correction",
-    "experts_calibrated": "experts fused with the joint calibration fit on val (the method)",
-    "oracle": "each image routed to the expert owning its true class (an upper bound)",
-}
 REPORT_COLUMNS = ["method", "many", "medium", "few", "all", "ece", "nll"]
 METRIC_COLUMNS = REPORT_COLUMNS[1:]
 ECE_BINS = 15

@@ -33,10 +33,21 @@ from .models import resume_checkpoint_path, train_mode
 from .runtime import ArtifactError, autocast, load_torch_file, save_torch_file, writing
 
 
+SCHEDULERS = ("cosine", "step", "constant")
+"""The learning-rate schedules (``scheduler``; the schema's enum, a test holds them equal): see
+:func:`make_scheduler`."""
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """One model's training settings: the ``base``, ``experts.<split>``, ``crt`` or ``lws``
     config section (keys of other purposes in it are ignored).
+
+    Defaults: config.yaml's ``defaults`` set every model's epochs, batch size, lr and seed,
+    so those have none here (the schema requires them). The defaults below serve the keys
+    a section leaves out; where config.yaml's ``defaults`` set one for some models, it is
+    the same value (a test holds them equal), except that ``None`` (no early stopping)
+    gives way to a set ``patience``.
 
     Early stopping: with ``patience`` P, training stops after the P-th epoch in a row whose
     validation accuracy is not strictly above the best so far, i.e. at epoch
@@ -46,17 +57,17 @@ class TrainSettings:
     it is ``patience: c + 1``.
     """
 
-    epochs: int = 30  # maximum number of epochs (cosine and warmup schedules span them)
-    batch_size: int = 128
-    lr: float = 0.1
+    epochs: int  # maximum number of epochs (cosine and warmup schedules span them)
+    batch_size: int
+    lr: float
+    seed: int
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    scheduler: str = "cosine"  # "cosine" | "step" | "constant"
+    scheduler: str = "cosine"  # one of SCHEDULERS
     step_size: int = 10
     gamma: float = 0.1
     warmup_epochs: int = 0
     patience: int | None = None  # epochs without a better val accuracy that end training
-    seed: int = 0
     frozen_bn: str = "train"  # BatchNorm of frozen layers while training: see models.train_mode
 
     @classmethod
@@ -143,7 +154,7 @@ def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
             return settings.gamma ** ((step // steps_per_epoch) // settings.step_size)
         if settings.scheduler == "constant":
             return 1.0
-        raise ValueError(f"unknown scheduler {settings.scheduler!r}")
+        raise ValueError(f"unknown scheduler {settings.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -4,9 +4,18 @@ from balanced_experts.data import ImageFileError, write_image_cache
 from balanced_experts.lists import ListFormatError, read_list
 from balanced_experts.runtime import exit_briefly_on, get_logger
 
-log = get_logger(f"image_cache_{snakemake.wildcards.split}", snakemake.log[0], snakemake.resources.get("attempt"))
-exit_briefly_on(log, ListFormatError, ImageFileError)
-image_list = read_list(snakemake.input.images)
-size = int(snakemake.params.size)
-write_image_cache(snakemake.params.root, image_list, size, snakemake.output.cache)
-log.info(f"{len(image_list)} images decoded to {size}x{size} -> {snakemake.output.cache}")
+
+def main(snakemake) -> None:
+    # The job, as plain values: nothing below reads `snakemake`.
+    split, images, cache = snakemake.wildcards.split, snakemake.input.images, snakemake.output.cache
+    root, size = snakemake.params.root, int(snakemake.params.size)
+    log = get_logger(f"image_cache_{split}", snakemake.log[0], snakemake.resources.get("attempt"))
+    exit_briefly_on(log, ListFormatError, ImageFileError)
+
+    image_list = read_list(images)
+    write_image_cache(root, image_list, size, cache)
+    log.info(f"{len(image_list)} images decoded to {size}x{size} -> {cache}")
+
+
+if __name__ == "__main__":
+    main(snakemake)

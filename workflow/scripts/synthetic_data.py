@@ -5,10 +5,19 @@ from pathlib import Path
 from balanced_experts.runtime import exit_briefly_on, get_logger
 from balanced_experts.synthetic import SyntheticSpec, generate
 
-log = get_logger("synthetic_data", snakemake.log[0], snakemake.resources.get("attempt"))
-exit_briefly_on(log)
-spec = SyntheticSpec.from_config(snakemake.params.synthetic)
-log.info(f"generating {spec}")
-root = Path(snakemake.output.train).parent
-counts = generate(spec, root, log=log.info)
-log.info(f"done: {counts}")
+
+def main(snakemake) -> None:
+    # The job, as plain values: nothing below reads `snakemake`.
+    synthetic, root = snakemake.params.synthetic, Path(snakemake.output.train).parent
+    log = get_logger("synthetic_data", snakemake.log[0], snakemake.resources.get("attempt"))
+    exit_briefly_on(log)
+
+    spec = SyntheticSpec.from_config(synthetic)
+
+    log.info(f"generating {spec}")
+    counts = generate(spec, root, log=log.info)
+    log.info(f"done: {counts}")
+
+
+if __name__ == "__main__":
+    main(snakemake)

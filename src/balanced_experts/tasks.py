@@ -1,0 +1,106 @@
+"""What a training job trains: the base model or one class-balanced expert (METHOD.md
+sections 2 and 3), as a :class:`Task`, and the weights file it ends as.
+
+A task is the model, the parameters it learns, and the entries of the train and val lists
+it sees with the output each is trained towards. The base model (:func:`base_task`) sees
+every image of every class; an expert (:func:`expert_task`) starts from the base model's
+representation with a fresh ``(k+1)``-way classifier and sees its split's images plus an
+open-set sample of the others. Both train in the one loop
+(:func:`balanced_experts.training.fit`) and are saved by :func:`save_weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torch import nn
+
+from .experts import ExpertSettings, expert_training_set, expert_validation_set, output_class_ids
+from .lists import ImageList, check_labels_cover
+from .models import build_model, load_model, save_checkpoint, set_learnable
+from .pretrained import DEFAULT_FORMAT, load_trunk_weights
+from .splits import read_class_table, split_class_ids
+
+
+@dataclass
+class Task:
+    """One model to train, and the entries of the train and val lists it sees."""
+
+    model: nn.Module
+    parameters: list[nn.Parameter]  # the ones it learns
+    backbone: dict
+    num_classes: int  # of the dataset
+    outputs: list[int]  # global class id of each output; an expert's reject output is -1
+    train_rows: np.ndarray  # positions in the train list ...
+    train_targets: np.ndarray  # ... and the output each is trained towards
+    val_rows: np.ndarray
+    val_targets: np.ndarray
+    meta: dict  # what the weights' metadata adds for this kind of model
+
+
+def base_task(train_list: ImageList, val_list: ImageList, backbone: dict,
+              log: Callable[[str], None] = print) -> Task:
+    """The generalist: every class, every image, from scratch or from the pretrained trunk
+    that ``backbone`` names (:class:`balanced_experts.pretrained.PretrainedWeightsError` if
+    that file cannot serve it)."""
+    num_classes = train_list.num_classes
+    check_labels_cover(train_list, num_classes)
+    backbone = dict(backbone)
+    model = build_model(backbone, num_classes)
+    pretrained = backbone.get("pretrained")
+    if pretrained:
+        loaded = load_trunk_weights(model.trunk, pretrained["path"], pretrained.get("format", DEFAULT_FORMAT))
+        log(f"trunk initialised from {loaded['path']} ({loaded['format']}, {loaded['tensors']} tensors)")
+    return Task(model, set_learnable(model, -1), backbone, num_classes, list(range(num_classes)),
+                np.arange(len(train_list)), train_list.labels, np.arange(len(val_list)), val_list.labels, {})
+
+
+def expert_task(split: str, train_list: ImageList, val_list: ImageList, classes_csv: str | Path,
+                base_weights: str | Path, settings: ExpertSettings, seed: int,
+                log: Callable[[str], None] = print) -> Task:
+    """A ``(k+1)``-way expert of class split ``split`` (the classes table says which classes):
+    the base model's feature extractor and a fresh classifier head, trained on its split's
+    images plus an open-set sample of the others (``seed`` draws it)."""
+    # The base model is built (its random initialisation drawn) before the expert's: the
+    # order fixes the expert's initial classifier.
+    base, base_meta = load_model(base_weights)
+    num_classes, backbone = base_meta["num_classes"], base_meta["backbone"]
+    # Never empty: the classes stage stops on an empty split.
+    split_classes = split_class_ids(read_class_table(classes_csv), split)
+    outputs = output_class_ids(split_classes)
+    model = build_model(backbone, len(outputs))
+    trunk_state = {k: v for k, v in base.state_dict().items() if not k.startswith("classifier.")}
+    missing, unexpected = model.load_state_dict(trunk_state, strict=False)
+    assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
+    parameters = set_learnable(model, int(settings.num_learnable))
+    train_set = expert_training_set(train_list.labels, split_classes, settings.open_ratio, seed,
+                                    settings.reject_sampling)
+    val_set = expert_validation_set(val_list.labels, split_classes, seed)
+    log(f"{split} expert: {len(split_classes)} classes, {len(train_set)} training images "
+        f"({train_set.num_reject} reject, open_ratio {settings.open_ratio}), "
+        f"{len(val_set)} validation images ({val_set.num_reject} reject), "
+        f"num_learnable {settings.num_learnable}")
+    return Task(model, parameters, backbone, num_classes, outputs, train_set.indices, train_set.targets,
+                val_set.indices, val_set.targets,
+                {"open_ratio": float(settings.open_ratio), "num_learnable": int(settings.num_learnable)})
+
+
+def save_weights(path: str | Path, task: Task, result: dict, name: str) -> None:
+    """The best epoch's weights (``result``: :func:`balanced_experts.training.fit`'s) and the
+    metadata the later stages read: the model's name, backbone, the dataset's class count,
+    the class of each output, the best epoch and its val accuracy, and what the task adds
+    (an expert's open_ratio and num_learnable). Loads those weights into ``task.model``."""
+    task.model.load_state_dict(result["state_dict"])
+    meta = {
+        "model": name,
+        "backbone": task.backbone,
+        "num_classes": int(task.num_classes),
+        "output_class_ids": [int(c) for c in task.outputs],
+        "best_epoch": int(result["best_epoch"]),
+        "best_val_acc": float(result["best_val_acc"]),
+        **task.meta,
+    }
+    save_checkpoint(path, task.model, meta)
