@@ -122,7 +122,7 @@ def _number(value: float, column: str) -> str:
 
 def _cell_text(cell: Cell | None, column: str, plus_minus: str) -> str | None:
     """``mean ± std`` (the mean alone for one seed); None for a cell without a value."""
-    if cell is None or cell.mean is None or math.isnan(cell.mean):
+    if cell is None or math.isnan(cell.mean):
         return None
     text = _number(cell.mean, column)
     return text if math.isnan(cell.std) else f"{text}{plus_minus}{_number(cell.std, column)}"
