@@ -6,6 +6,8 @@ pooled trunk features (Decoupling's models, e.g. ResNeXt-50 on 2048-d features).
 ``num_learnable`` selects what an expert fine-tunes: -1 everything; 1 the classifier;
 2 classifier + fc; k >= 3 additionally the last k - 2 backbone stages (the indices keep
 their meaning without an fc layer, where 2 is refused: it would add nothing to 1).
+The classifier is linear, or (``classifier: cosine``, the LDAM-DRW peer's) a scaled cosine
+classifier, :class:`CosineClassifier`.
 """
 
 from __future__ import annotations
@@ -128,21 +130,60 @@ builds each): the CIFAR ResNets of the common depths (any ``6n + 2`` builds) and
 ImageNet-style ResNets."""
 
 
+class CosineClassifier(nn.Module):
+    """A normalised classifier: the logit of class ``c`` is ``scale * cos(f, w_c)``, the
+    cosine between the features and the class's weight vector times a fixed scale, no bias
+    (the classifier of LDAM-DRW, Cao et al. 2019). The weight has ``nn.Linear``'s layout;
+    each class's vector starts as a uniform draw from [-1, 1]^d scaled to unit length: the
+    forward pass sees only its direction, but its length sets the size of SGD's steps on it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, scale: float):
+        super().__init__()
+        self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
+        weight = torch.empty(out_features, in_features).uniform_(-1, 1)
+        self.weight = nn.Parameter(weight / weight.norm(dim=1, keepdim=True))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cosine = nn.functional.linear(nn.functional.normalize(features, dim=1),
+                                      nn.functional.normalize(self.weight, dim=1))
+        return self.scale * cosine
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}"
+
+
+CLASSIFIERS = ("linear", "cosine")
+"""The classifier heads a model can have (``backbone.classifier``; linear unless set)."""
+
+
+def _make_classifier(kind: str, in_features: int, out_features: int, scale: float | None) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_features, out_features)
+    if kind == "cosine":
+        if scale is None:
+            raise ValueError("a cosine classifier needs its scale (backbone.classifier_scale)")
+        return CosineClassifier(in_features, out_features, scale)
+    raise ValueError(f"unknown classifier {kind!r}; known: {', '.join(CLASSIFIERS)}")
+
+
 class LongTailNet(nn.Module):
     """Trunk -> global average pool -> fc(embed_dim) -> ReLU -> classifier(num_outputs).
 
     ``embed_dim=None``: no fc layer (and no ReLU); the classifier reads the pooled trunk
-    features, ``trunk.out_features`` wide.
+    features, ``trunk.out_features`` wide. ``classifier``: one of :data:`CLASSIFIERS`
+    (``classifier_scale``: the cosine classifier's scale).
     """
 
-    def __init__(self, backbone: str, num_outputs: int, embed_dim: int | None = 512, width: int | None = None):
+    def __init__(self, backbone: str, num_outputs: int, embed_dim: int | None = 512, width: int | None = None,
+                 classifier: str = "linear", classifier_scale: float | None = None):
         super().__init__()
         self.trunk = _make_trunk(backbone, width)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.trunk.out_features, embed_dim) if embed_dim is not None else None
         self.relu = nn.ReLU(inplace=True)
         self.feature_dim = embed_dim if embed_dim is not None else self.trunk.out_features
-        self.classifier = nn.Linear(self.feature_dim, num_outputs)
+        self.classifier = _make_classifier(classifier, self.feature_dim, num_outputs, classifier_scale)
 
     # The head (pool, fc, classifier) runs in float32 even under bf16 autocast: the logits
     # are stored as float32 and feed argmax and the calibration's NLL, and bf16 would round
@@ -187,7 +228,8 @@ class LongTailNet(nn.Module):
 def build_model(backbone_cfg: dict, num_outputs: int) -> LongTailNet:
     """A model in channels-last layout, which is faster for convolutions on CPUs and GPUs."""
     # What the section leaves out takes LongTailNet's default (config.yaml's, a test holds them equal).
-    options = {key: backbone_cfg[key] for key in ("embed_dim", "width") if key in backbone_cfg}
+    options = {key: backbone_cfg[key] for key in ("embed_dim", "width", "classifier", "classifier_scale")
+               if key in backbone_cfg}
     model = LongTailNet(backbone_cfg["name"], num_outputs, **options)
     return model.to(memory_format=torch.channels_last)
 

@@ -265,11 +265,14 @@ def _forward_passes(model: nn.Module, device: torch.device, world_size: int, com
     return forward, nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A training loss: ``criterion(logits, targets)``, the batch's mean loss."""
+
+
 def train_one_epoch(network: Callable, batches: Iterable, optimizer, scheduler, amp: bool, name: str,
-                    epoch: int) -> tuple[float, int, int]:
-    """One pass of SGD over ``batches`` through ``network``: ``(summed loss, correct, images)``.
-    A NaN or infinite loss stops the run (:class:`NonFiniteLoss`)."""
-    criterion = nn.CrossEntropyLoss()
+                    epoch: int, criterion: Criterion) -> tuple[float, int, int]:
+    """One pass of SGD over ``batches`` through ``network`` with ``criterion``: ``(summed loss,
+    correct, images)``. A NaN or infinite loss stops the run (:class:`NonFiniteLoss`)."""
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches:
         with autocast(x.device, amp):
@@ -326,6 +329,7 @@ def fit(
     amp: bool = False,
     compile: bool = False,
     sync_batchnorm: bool = True,
+    loss: Callable[[int], Criterion] | None = None,
 ) -> dict:
     """Train ``parameters`` of ``model``; returns the best epoch's state dict and summary.
 
@@ -342,6 +346,10 @@ def fit(
     rows, and stays: a run that finds it returns them without training again (the rerun
     after Snakemake discarded a finished job's outputs). It is removed once the weights
     are accepted (:func:`balanced_experts.models.discard_resume_checkpoint`).
+
+    ``loss(epoch)``: the training criterion of an epoch (1, 2, ...; e.g. a peer method's,
+    :mod:`balanced_experts.peers`); by default plain cross-entropy. Validation is scored
+    with cross-entropy either way. A loss that changes the run belongs in ``fingerprint``.
 
     ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
     through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
@@ -383,7 +391,8 @@ def fit(
         epoch_start = time.perf_counter()
         train_mode(model, settings.frozen_bn)
         lr = optimizer.param_groups[0]["lr"]
-        totals = train_one_epoch(network, train_batches(generator), optimizer, scheduler, amp, name, epoch)
+        criterion = loss(epoch) if loss is not None else nn.functional.cross_entropy
+        totals = train_one_epoch(network, train_batches(generator), optimizer, scheduler, amp, name, epoch, criterion)
         loss_sum, correct, count = _summed_over_ranks(totals, device, world_size)
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
         progress.epoch = epoch
