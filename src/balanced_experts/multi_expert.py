@@ -26,6 +26,7 @@ the single model: :func:`model_cost`, ``docs/multi_expert.md``.
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from pathlib import Path
 
@@ -49,6 +50,9 @@ EXPERT_STAGES = 2
 DEFAULTS = {"num_experts": 3, "expert_width": 0.75, "classifier": "cosine", "classifier_scale": 30.0}
 """The multi-expert settings of RIDE's and SADE's published models: 3 experts, stages 3/4 as
 wide (``reduce_dimension``), a cosine classifier with scale 30 (``use_norm``, ``s=30``)."""
+
+
+_SINGLE = inspect.signature(LongTailNet).parameters  # the single model's defaults are the experts'
 
 
 class Stages(nn.Sequential):
@@ -119,8 +123,9 @@ class MultiExpertNet(nn.Module):
     ``forward(x)``: the experts' logits, ``N x num_experts x num_outputs`` (float32).
     """
 
-    def __init__(self, backbone: str, num_outputs: int, embed_dim: int | None = 512, width: int | None = None,
-                 num_experts: int = DEFAULTS["num_experts"], expert_width: float = DEFAULTS["expert_width"],
+    def __init__(self, backbone: str, num_outputs: int, embed_dim: int | None = _SINGLE["embed_dim"].default,
+                 width: int | None = _SINGLE["width"].default, num_experts: int = DEFAULTS["num_experts"],
+                 expert_width: float = DEFAULTS["expert_width"],
                  classifier: str = DEFAULTS["classifier"],
                  classifier_scale: float | None = DEFAULTS["classifier_scale"]):
         super().__init__()
@@ -172,8 +177,8 @@ def settings_of(cfg: dict | None) -> dict:
 def build_multi_expert(backbone_cfg: dict, num_outputs: int, settings: dict | None = None) -> MultiExpertNet:
     """A multi-expert model of a dataset's ``backbone`` config, in channels-last layout (as
     :func:`.models.build_model`); ``settings``: see :data:`DEFAULTS`."""
-    model = MultiExpertNet(backbone_cfg["name"], num_outputs, embed_dim=backbone_cfg.get("embed_dim", 512),
-                           width=backbone_cfg.get("width"), **settings_of(settings))
+    options = {key: backbone_cfg[key] for key in ("embed_dim", "width") if key in backbone_cfg}
+    model = MultiExpertNet(backbone_cfg["name"], num_outputs, **options, **settings_of(settings))
     return model.to(memory_format=torch.channels_last)
 
 

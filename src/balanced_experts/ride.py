@@ -84,12 +84,13 @@ def ride_loss(train_counts, epochs: int, scale: float, diversity_factor: float =
 
     def loss_for_epoch(epoch: int) -> Criterion:
         reweighted = epoch >= first
+        # T̄ as a number, once per epoch: no device-to-host copy per batch.
+        mean_temperature = float(temperatures.mean()) if reweighted else diversity_temperature
 
         def criterion(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             device = outputs.device
             weight = drw_weights.to(device) if reweighted else None
-            temperature = temperatures.to(device)[None, :] if reweighted else torch.tensor(diversity_temperature)
-            mean_temperature = float(temperature.mean())
+            temperature = temperatures.to(device)[None, :] if reweighted else diversity_temperature
             target_margin = F.one_hot(targets, outputs.shape[2]) * margins.to(device)[targets][:, None]
             with torch.no_grad():
                 mean_distribution = F.softmax(outputs.mean(1) / temperature, dim=1)
