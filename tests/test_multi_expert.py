@@ -20,12 +20,14 @@ from balanced_experts.multi_expert import (
     model_cost,
     shared_parameters,
 )
+from balanced_experts.baselines import train_prior
 from balanced_experts.ride import (
     class_balanced_weights,
+    class_margins,
+    deferred_epochs,
     diversity_temperatures,
-    first_reweighted_epoch,
-    ldam_margins,
     ride_loss,
+    ride_prior,
 )
 
 SMALL = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}
@@ -179,7 +181,7 @@ def test_documented_costs_are_the_models(backbone):
 
 def test_ride_loss_components():
     counts = [16, 4, 1]
-    assert ldam_margins(counts, 0.5) == pytest.approx([0.25, 0.25 * math.sqrt(2), 0.5])
+    assert class_margins(counts, 0.5) == pytest.approx([0.25, 0.25 * math.sqrt(2), 0.5])
     beta = 0.9999
     weights = class_balanced_weights(counts, beta)
     raw = [(1 - beta) / (1 - beta ** n) for n in counts]
@@ -190,8 +192,11 @@ def test_ride_loss_components():
     with pytest.raises(ValueError, match="too large"):
         diversity_temperatures(counts, 1.5)
     # RIDE's and LDAM-DRW's `epoch > 160` of 200 (80 of 100), epochs counted from 1.
-    assert first_reweighted_epoch(200, 0.8) == 161 and first_reweighted_epoch(100, 0.8) == 81
-    assert first_reweighted_epoch(15, 0.8) == 13
+    assert deferred_epochs(200, 0.8) == 160 and deferred_epochs(100, 0.8) == 80 and deferred_epochs(15, 0.8) == 12
+    # The probabilities carry the training prior before the deferral, n_c w_c after it.
+    assert ride_prior(counts, 12, 15) == pytest.approx(train_prior(counts))
+    mass = np.array(counts) * weights
+    assert ride_prior(counts, 13, 15) == pytest.approx(mass / mass.sum())
 
 
 def test_ride_individual_loss_by_hand():
@@ -286,7 +291,7 @@ def test_ride_loss_gradient_holds_the_mean_distribution_constant():
     targets = torch.tensor([0, 1, 2, 2, 0])
     loss = ride_loss(counts, epochs=10, scale=scale, diversity_factor=factor)(1)
     grad = torch.autograd.grad(loss(outputs, targets), outputs)[0]
-    margins = torch.tensor(ldam_margins(counts, 0.5) * scale, dtype=torch.float32)
+    margins = torch.tensor(class_margins(counts, 0.5) * scale, dtype=torch.float32)
     onehot = torch.nn.functional.one_hot(targets, 3).float()
     q = torch.softmax(outputs.detach().mean(1), 1)
     for k in range(3):

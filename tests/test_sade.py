@@ -22,6 +22,7 @@ from balanced_experts.sade import (
     inverse_prior,
     learn_aggregation,
     sade_loss,
+    sade_prior,
     shifted_counts,
     shifted_test_sets,
 )
@@ -50,6 +51,19 @@ def test_sade_loss_by_hand():
     assert sade_loss([3, 1], 1.0)(1)(torch.zeros(2, 3, 2), targets).item() == pytest.approx(expected_1, rel=1e-6)
     with pytest.raises(ValueError, match="3 experts"):
         loss(1)(torch.zeros(2, 2, 2), targets)
+
+
+def test_the_experts_mean_carries_the_geometric_mean_of_their_priors():
+    """(π π̃^λ)^(1/3): for an exponential profile of imbalance ρ, uniform at λ = 1 and backward
+    of imbalance ρ^(1/3) at λ = 2; the adapted shift column divides it out."""
+    counts = [5, 10, 10, 1]
+    for power in (1.0, 2.0):
+        expected = (train_prior(counts) * inverse_prior(counts) ** power) ** (1 / 3)
+        assert sade_prior(counts, power) == pytest.approx(expected / expected.sum())
+    exponential = 500 * 100.0 ** (-np.arange(C) / (C - 1))
+    assert sade_prior(exponential, 1.0) == pytest.approx(np.full(C, 1 / C))
+    tilted = sade_prior(exponential)
+    assert tilted == pytest.approx(shifted_prior(exponential, "backward", 100 ** (1 / 3)))
 
 
 def test_each_sade_expert_learns_its_distribution():

@@ -18,45 +18,80 @@ already ``scale * cos``) and their mean ``z̄``, summed over the experts ``k``:
 Defaults: ``RIDELoss``'s own (``additional_diversity_factor`` -0.2, ``reweight_factor`` 0.05).
 Its configs set -0.45 / 0.05 for CIFAR-100-LT, -0.2 / 0.02 for ImageNet-LT (ResNet-10,
 ResNet-50, ResNeXt-50), -0.2 / 0.015 for iNaturalist, and defer at epoch 160 of 200 (CIFAR)
-or 80 of 100 (the others): ``drw_fraction`` 0.8 (reweighted from epoch ``0.8 E + 1``, the
-epochs counted from 1 as :func:`.training.fit` does, as ``epoch > reweight_epoch`` in
-RIDE's trainer). The expert-assignment router (RIDE's second stage) is not built: a model
-trained with this loss is "RIDE without router", every expert scoring every image.
+or 80 of 100 (the others): ``drw_start`` 0.8; their trainer counts epochs from 1, as
+:func:`.training.fit` does, and reweights when ``epoch > reweight_epoch`` (161-200 of 200),
+as LDAM-DRW's peer (issue 23's ``deferred_epochs``). The expert-assignment router (RIDE's
+second stage) is not built: a model trained with this loss is "RIDE without router", every
+expert scoring every image.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from .baselines import train_prior
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULTS = {"diversity_factor": -0.2, "diversity_temperature": 1.0, "reweight_factor": 0.05, "max_margin": 0.5,
-            "drw_fraction": 0.8, "beta": 0.9999}
+            "drw_start": 0.8, "drw_beta": 0.9999}
 """RIDE's loss settings, as ``RIDELoss``'s defaults (and ``reweight_epoch`` 80 of 100)."""
 
 
-def ldam_margins(train_counts, max_margin: float) -> np.ndarray:
-    """LDAM's per-class margins ``m_c ∝ n_c^(-1/4)``, the largest ``max_margin``."""
-    margins = 1.0 / np.sqrt(np.sqrt(np.asarray(train_counts, dtype=np.float64)))
+# -- LDAM-DRW's parts, as issue 23's peers.py (commit 150d01c) defines them, copied verbatim
+# until it is merged: then delete this block and import them from .peers. ---------------------
+
+def _checked_counts(train_counts) -> np.ndarray:
+    counts = np.asarray(train_counts, dtype=np.float64)
+    empty = np.flatnonzero(counts <= 0)
+    if empty.size:
+        raise ValueError(f"classes {empty[:20].tolist()} have no training images: their margins, weights "
+                         f"and log prior are undefined")
+    return counts
+
+
+def class_margins(train_counts, max_margin: float) -> np.ndarray:
+    """LDAM's margins ``C / n_c^(1/4)``, ``C`` chosen so that the largest (the rarest class's)
+    is ``max_margin``."""
+    margins = _checked_counts(train_counts) ** -0.25
     return margins * (max_margin / margins.max())
 
 
 def class_balanced_weights(train_counts, beta: float) -> np.ndarray:
-    """Class-balanced weights of the effective number ``(1 - β) / (1 - β^n_c)``, summing to C."""
-    counts = np.asarray(train_counts, dtype=np.float64)
+    """Class-balanced weights from the effective number of samples (Cui et al. 2019):
+    ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to the number of classes (as
+    LDAM-DRW's code does). ``beta = 0`` gives 1 for every class."""
+    counts = _checked_counts(train_counts)
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
-    return weights / weights.sum() * len(counts)
+    return weights * (len(counts) / weights.sum())
 
 
-def first_reweighted_epoch(epochs: int, fraction: float) -> int:
-    """The first epoch (counted from 1) of the deferred re-weighting: ``floor(fraction * epochs) + 1``
-    (epoch 161 of 200 at 0.8, as LDAM-DRW's and RIDE's ``epoch > 160``)."""
-    return int(fraction * epochs + 1e-9) + 1
+def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy after subtracting ``margins[y]`` from each sample's true-class logit.
 
+    ``margins`` are in logit units (LDAM's margins times the classifier's scale, which the
+    logits already carry). With ``weight``, torch's weighted mean: ``sum_i w_{y_i} l_i /
+    sum_i w_{y_i}`` over the batch, as LDAM-DRW's code computes it.
+    """
+    margin = torch.zeros_like(logits).scatter_(1, targets[:, None], margins[targets][:, None])
+    return nn.functional.cross_entropy(logits - margin, targets, weight=weight)
+
+
+def deferred_epochs(epochs: int, fraction: float) -> int:
+    """The number of epochs DRW trains without weights: ``fraction * epochs`` to the nearest
+    whole epoch (halves up); 160 of 200 at the paper's 0.8. Epoch ``e`` (1, 2, ...) is
+    re-weighted when ``e > deferred_epochs(epochs, fraction)``."""
+    return int(math.floor(fraction * epochs + 0.5))
+
+
+# -- RIDE ---------------------------------------------------------------------------------
 
 def diversity_temperatures(train_counts, reweight_factor: float) -> np.ndarray:
     """RIDE's per-class temperature factors ``C π_c r + 1 - r``, scaled to a largest value of 1."""
@@ -71,19 +106,21 @@ def diversity_temperatures(train_counts, reweight_factor: float) -> np.ndarray:
 def ride_loss(train_counts, epochs: int, scale: float, diversity_factor: float = DEFAULTS["diversity_factor"],
               diversity_temperature: float = DEFAULTS["diversity_temperature"],
               reweight_factor: float = DEFAULTS["reweight_factor"], max_margin: float = DEFAULTS["max_margin"],
-              drw_fraction: float = DEFAULTS["drw_fraction"], beta: float = DEFAULTS["beta"]
+              drw_start: float = DEFAULTS["drw_start"], drw_beta: float = DEFAULTS["drw_beta"]
               ) -> Callable[[int], Criterion]:
     """``loss_for_epoch(epoch) -> criterion(outputs, targets)``: RIDE's loss of a batch, ``outputs``
     the experts' logits ``N x E x C`` (scaled by the cosine classifier's ``scale``, which sets
-    the margins' scale too), ``targets`` N class ids. ``epochs``: the schedule's length."""
-    margins = torch.tensor(ldam_margins(train_counts, max_margin) * scale, dtype=torch.float32)
-    drw_weights = torch.tensor(class_balanced_weights(train_counts, beta), dtype=torch.float32)
-    temperatures = torch.tensor(diversity_temperature * diversity_temperatures(train_counts, reweight_factor),
+    the margins' scale too), ``targets`` N class ids. ``epochs``: the schedule's length; epoch
+    ``e`` (1, 2, ...) is re-weighted when ``e > deferred_epochs(epochs, drw_start)``."""
+    counts = _checked_counts(train_counts)
+    margins = torch.tensor(scale * class_margins(counts, max_margin), dtype=torch.float32)
+    drw_weights = torch.tensor(class_balanced_weights(counts, drw_beta), dtype=torch.float32)
+    temperatures = torch.tensor(diversity_temperature * diversity_temperatures(counts, reweight_factor),
                                 dtype=torch.float32)
-    first = first_reweighted_epoch(epochs, drw_fraction)
+    deferred = deferred_epochs(epochs, drw_start)
 
     def loss_for_epoch(epoch: int) -> Criterion:
-        reweighted = epoch >= first
+        reweighted = epoch > deferred
         # T̄ as a number, once per epoch: no device-to-host copy per batch.
         mean_temperature = float(temperatures.mean()) if reweighted else diversity_temperature
 
@@ -91,13 +128,12 @@ def ride_loss(train_counts, epochs: int, scale: float, diversity_factor: float =
             device = outputs.device
             weight = drw_weights.to(device) if reweighted else None
             temperature = temperatures.to(device)[None, :] if reweighted else diversity_temperature
-            target_margin = F.one_hot(targets, outputs.shape[2]) * margins.to(device)[targets][:, None]
             with torch.no_grad():
                 mean_distribution = F.softmax(outputs.mean(1) / temperature, dim=1)
             total = outputs.new_zeros(())
             for k in range(outputs.shape[1]):
                 logits = outputs[:, k]
-                total = total + F.cross_entropy(logits - target_margin, targets, weight=weight)
+                total = total + ldam_loss(logits, targets, margins.to(device), weight)
                 divergence = F.kl_div(F.log_softmax(logits / temperature, dim=1), mean_distribution,
                                       reduction="batchmean")
                 total = total + diversity_factor * mean_temperature ** 2 * divergence
@@ -106,3 +142,17 @@ def ride_loss(train_counts, epochs: int, scale: float, diversity_factor: float =
         return criterion
 
     return loss_for_epoch
+
+
+def ride_prior(train_counts, epoch: int, epochs: int, drw_start: float = DEFAULTS["drw_start"],
+               drw_beta: float = DEFAULTS["drw_beta"]) -> np.ndarray:
+    """The class prior the probabilities of the experts' mean carry (for the shift table's
+    prior adaptation), of the weights kept after ``epoch`` of an ``epochs``-epoch run: each
+    expert's individual loss is LDAM-DRW's, so LDAM-DRW's (issue 23's ``LdamDrw.prior``):
+    the training prior before the deferral, ``n_c w_c`` normalised after it; the mean of
+    logits that carry one prior carries it too. The diversity term sets no prior."""
+    counts = _checked_counts(train_counts)
+    if epoch <= deferred_epochs(epochs, drw_start):
+        return train_prior(counts)
+    mass = counts * class_balanced_weights(counts, drw_beta)
+    return mass / mass.sum()

@@ -73,6 +73,19 @@ def expert_logit_adjustments(train_counts, inverse_prior_power: float = INVERSE_
     return np.stack([np.zeros_like(log_prior), log_prior, log_prior - inverse_prior_power * log_inverse])
 
 
+def sade_prior(train_counts, inverse_prior_power: float = INVERSE_PRIOR_POWER) -> np.ndarray:
+    """The class prior the probabilities of the experts' mean carry (for the shift table's
+    prior adaptation): expert k's softmax, fitted by its loss, carries ``π``, uniform and
+    ``∝ π̃^λ``; their logits are the balanced ones plus those log priors (up to constants), so
+    the mean of the logits carries the geometric mean ``(π π̃^λ)^(1/3)``, normalised. For
+    λ = 1 that is uniform; for λ = 2 and an exponential profile of imbalance ρ, a backward
+    one of imbalance ρ^(1/3)."""
+    log_priors = expert_logit_adjustments(train_counts, inverse_prior_power)  # 0, log π, log π - λ log π̃
+    carried = -(log_priors - log_priors[1]).mean(0)  # the experts' own log priors log π, 0, λ log π̃: their mean
+    prior = np.exp(carried - carried.max())
+    return prior / prior.sum()
+
+
 def sade_loss(train_counts, inverse_prior_power: float = INVERSE_PRIOR_POWER) -> Callable[[int], Criterion]:
     """``loss_for_epoch(epoch) -> criterion(outputs, targets)`` (the same every epoch): SADE's
     loss of a batch, ``outputs`` the three experts' logits ``N x 3 x C``."""
