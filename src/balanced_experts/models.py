@@ -173,43 +173,6 @@ def _make_classifier(kind: str, in_features: int, out_features: int, scale: floa
     raise ValueError(f"unknown classifier {kind!r}; known: {', '.join(CLASSIFIERS)}")
 
 
-class CosineClassifier(nn.Module):
-    """A normalised classifier: the logit of class ``c`` is ``scale * cos(f, w_c)``, the
-    cosine between the features and the class's weight vector times a fixed scale, no bias
-    (the classifier of LDAM-DRW, Cao et al. 2019). The weight has ``nn.Linear``'s layout;
-    each class's vector starts as a uniform draw from [-1, 1]^d scaled to unit length: the
-    forward pass sees only its direction, but its length sets the size of SGD's steps on it.
-    """
-
-    def __init__(self, in_features: int, out_features: int, scale: float):
-        super().__init__()
-        self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
-        weight = torch.empty(out_features, in_features).uniform_(-1, 1)
-        self.weight = nn.Parameter(weight / weight.norm(dim=1, keepdim=True))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cosine = nn.functional.linear(nn.functional.normalize(features, dim=1),
-                                      nn.functional.normalize(self.weight, dim=1))
-        return self.scale * cosine
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, scale={self.scale}"
-
-
-CLASSIFIERS = ("linear", "cosine")
-"""The classifier heads a model can have (``backbone.classifier``; linear unless set)."""
-
-
-def _make_classifier(kind: str, in_features: int, out_features: int, scale: float | None) -> nn.Module:
-    if kind == "linear":
-        return nn.Linear(in_features, out_features)
-    if kind == "cosine":
-        if scale is None:
-            raise ValueError("a cosine classifier needs its scale (backbone.classifier_scale)")
-        return CosineClassifier(in_features, out_features, scale)
-    raise ValueError(f"unknown classifier {kind!r}; known: {', '.join(CLASSIFIERS)}")
-
-
 class LongTailNet(nn.Module):
     """Trunk -> global average pool -> fc(embed_dim) -> ReLU -> classifier(num_outputs).
 

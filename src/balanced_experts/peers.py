@@ -50,7 +50,7 @@ SWITCH = "enabled"
 """The key of a peer's config section that switches it on or off (not a hyperparameter)."""
 
 
-def _checked_counts(train_counts) -> np.ndarray:
+def checked_counts(train_counts) -> np.ndarray:
     counts = np.asarray(train_counts, dtype=np.float64)
     empty = np.flatnonzero(counts <= 0)
     if empty.size:
@@ -70,7 +70,7 @@ def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior
 def class_margins(train_counts, max_margin: float) -> np.ndarray:
     """LDAM's margins ``C / n_c^(1/4)``, ``C`` chosen so that the largest (the rarest class's)
     is ``max_margin``."""
-    margins = _checked_counts(train_counts) ** -0.25
+    margins = checked_counts(train_counts) ** -0.25
     return margins * (max_margin / margins.max())
 
 
@@ -78,7 +78,7 @@ def class_balanced_weights(train_counts, beta: float) -> np.ndarray:
     """Class-balanced weights from the effective number of samples (Cui et al. 2019):
     ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to the number of classes (as
     LDAM-DRW's code does). ``beta = 0`` gives 1 for every class."""
-    counts = _checked_counts(train_counts)
+    counts = checked_counts(train_counts)
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return weights * (len(counts) / weights.sum())
 
@@ -147,14 +147,14 @@ class BalancedSoftmax(Peer):
     classifier: ClassVar[str] = "linear"
 
     def loss(self, train_counts, epochs: int, device: torch.device | str = "cpu") -> EpochLoss:
-        shift = torch.as_tensor(log_prior(_checked_counts(train_counts)), dtype=torch.float32, device=device)
+        shift = torch.as_tensor(log_prior(checked_counts(train_counts)), dtype=torch.float32, device=device)
         criterion = partial(balanced_softmax_loss, log_prior=shift)
         return lambda epoch: criterion
 
     def prior(self, train_counts, epoch: int, epochs: int) -> np.ndarray:
         """Uniform: ``softmax(z + log pi)`` is fit to the training labels, so it estimates the
         training posterior ``pi_y p(x|y) / p(x)``, and ``softmax(z)`` the balanced one."""
-        counts = _checked_counts(train_counts)
+        counts = checked_counts(train_counts)
         return np.full(len(counts), 1.0 / len(counts))
 
 
@@ -188,7 +188,7 @@ class LdamDrw(Peer):
         return epoch > deferred_epochs(epochs, self.drw_start)
 
     def loss(self, train_counts, epochs: int, device: torch.device | str = "cpu") -> EpochLoss:
-        counts = _checked_counts(train_counts)
+        counts = checked_counts(train_counts)
         margins = torch.as_tensor(self.scale * class_margins(counts, self.max_margin), dtype=torch.float32,
                                   device=device)
         weights = torch.as_tensor(class_balanced_weights(counts, self.drw_beta), dtype=torch.float32, device=device)
@@ -202,7 +202,7 @@ class LdamDrw(Peer):
         uniform wherever ``n_c`` is small against ``1 / (1 - beta) = 10^4``. From an earlier
         epoch: the training prior. Either way the margins are left out: they act on the
         true class only during training, which no prior over the test-time logits models."""
-        counts = _checked_counts(train_counts)
+        counts = checked_counts(train_counts)
         if not self.reweighted(epoch, epochs):
             return train_prior(counts)
         mass = counts * class_balanced_weights(counts, self.drw_beta)

@@ -27,68 +27,19 @@ expert scoring every image.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .baselines import train_prior
-
-Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .peers import checked_counts, class_balanced_weights, class_margins, deferred_epochs, ldam_loss
+from .training import Criterion
 
 DEFAULTS = {"diversity_factor": -0.2, "diversity_temperature": 1.0, "reweight_factor": 0.05, "max_margin": 0.5,
             "drw_start": 0.8, "drw_beta": 0.9999}
 """RIDE's loss settings, as ``RIDELoss``'s defaults (and ``reweight_epoch`` 80 of 100)."""
-
-
-# -- LDAM-DRW's parts, as issue 23's peers.py (commit 150d01c) defines them, copied verbatim
-# until it is merged: then delete this block and import them from .peers. ---------------------
-
-def _checked_counts(train_counts) -> np.ndarray:
-    counts = np.asarray(train_counts, dtype=np.float64)
-    empty = np.flatnonzero(counts <= 0)
-    if empty.size:
-        raise ValueError(f"classes {empty[:20].tolist()} have no training images: their margins, weights "
-                         f"and log prior are undefined")
-    return counts
-
-
-def class_margins(train_counts, max_margin: float) -> np.ndarray:
-    """LDAM's margins ``C / n_c^(1/4)``, ``C`` chosen so that the largest (the rarest class's)
-    is ``max_margin``."""
-    margins = _checked_counts(train_counts) ** -0.25
-    return margins * (max_margin / margins.max())
-
-
-def class_balanced_weights(train_counts, beta: float) -> np.ndarray:
-    """Class-balanced weights from the effective number of samples (Cui et al. 2019):
-    ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to the number of classes (as
-    LDAM-DRW's code does). ``beta = 0`` gives 1 for every class."""
-    counts = _checked_counts(train_counts)
-    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
-    return weights * (len(counts) / weights.sum())
-
-
-def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor,
-              weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy after subtracting ``margins[y]`` from each sample's true-class logit.
-
-    ``margins`` are in logit units (LDAM's margins times the classifier's scale, which the
-    logits already carry). With ``weight``, torch's weighted mean: ``sum_i w_{y_i} l_i /
-    sum_i w_{y_i}`` over the batch, as LDAM-DRW's code computes it.
-    """
-    margin = torch.zeros_like(logits).scatter_(1, targets[:, None], margins[targets][:, None])
-    return nn.functional.cross_entropy(logits - margin, targets, weight=weight)
-
-
-def deferred_epochs(epochs: int, fraction: float) -> int:
-    """The number of epochs DRW trains without weights: ``fraction * epochs`` to the nearest
-    whole epoch (halves up); 160 of 200 at the paper's 0.8. Epoch ``e`` (1, 2, ...) is
-    re-weighted when ``e > deferred_epochs(epochs, fraction)``."""
-    return int(math.floor(fraction * epochs + 0.5))
 
 
 # -- RIDE ---------------------------------------------------------------------------------
@@ -112,7 +63,7 @@ def ride_loss(train_counts, epochs: int, scale: float, diversity_factor: float =
     the experts' logits ``N x E x C`` (scaled by the cosine classifier's ``scale``, which sets
     the margins' scale too), ``targets`` N class ids. ``epochs``: the schedule's length; epoch
     ``e`` (1, 2, ...) is re-weighted when ``e > deferred_epochs(epochs, drw_start)``."""
-    counts = _checked_counts(train_counts)
+    counts = checked_counts(train_counts)
     margins = torch.tensor(scale * class_margins(counts, max_margin), dtype=torch.float32)
     drw_weights = torch.tensor(class_balanced_weights(counts, drw_beta), dtype=torch.float32)
     temperatures = torch.tensor(diversity_temperature * diversity_temperatures(counts, reweight_factor),
@@ -151,7 +102,7 @@ def ride_prior(train_counts, epoch: int, epochs: int, drw_start: float = DEFAULT
     expert's individual loss is LDAM-DRW's, so LDAM-DRW's (issue 23's ``LdamDrw.prior``):
     the training prior before the deferral, ``n_c w_c`` normalised after it; the mean of
     logits that carry one prior carries it too. The diversity term sets no prior."""
-    counts = _checked_counts(train_counts)
+    counts = checked_counts(train_counts)
     if epoch <= deferred_epochs(epochs, drw_start):
         return train_prior(counts)
     mass = counts * class_balanced_weights(counts, drw_beta)

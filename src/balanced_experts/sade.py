@@ -44,8 +44,8 @@ from torch import nn
 from .baselines import train_prior
 from .logits import predict
 from .shift import DISTRIBUTIONS, frequency_rank, shifted_prior
+from .training import Criterion
 
-Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 NUM_EXPERTS = 3
 """SADE's experts: forward (softmax), uniform (balanced softmax), backward (inverse softmax)."""
