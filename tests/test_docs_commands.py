@@ -523,6 +523,33 @@ def test_relative_links_and_anchors_resolve():
     assert not broken, "\n".join(broken)
 
 
+def test_outputs_page_names_every_file_and_report_column():
+    """docs/outputs.md against the code: every file template of balanced_experts.paths, and
+    the columns of the report and the shifted-distribution tables, in that order."""
+    from balanced_experts import paths
+    from balanced_experts.report import REPORT_COLUMNS
+    from balanced_experts.shift import SHIFT_COLUMNS
+
+    page = (REPO / "docs/outputs.md").read_text()
+    folders = ("results/{setting}/seed{seed}/", "results/{setting}/", "results/{dataset}/")
+    unnamed = []
+    for name, template in vars(paths).items():
+        if not (name.isupper() and isinstance(template, str) and template.startswith("results/")):
+            continue
+        relative = next((template.removeprefix(f) for f in folders if template.startswith(f)), "")
+        if not Path(relative).suffix:
+            continue  # a folder
+        spelt = {relative.replace("{model}", "<model>").replace("{split}", "<split>"),
+                 relative.replace("{split}", "{train,val,test}")}
+        if relative.startswith("plots/"):
+            spelt.add(Path(relative).stem)  # the plots are named in the tree
+        if not any(form in page for form in spelt):
+            unnamed.append(f"{name} = {template!r}")
+    assert not unnamed, "docs/outputs.md does not name:\n" + "\n".join(unnamed)
+    for columns in (REPORT_COLUMNS, SHIFT_COLUMNS):
+        assert f"`{', '.join(columns)}`" in page, f"docs/outputs.md lacks the columns {columns}"
+
+
 def test_files_the_docs_make_are_ignored_by_git():
     made = set(named_files())
     for block in shell_blocks():
