@@ -159,7 +159,8 @@ def test_missing_test_image_names_file_and_line(lists_copy):
     result = snakemake(workdir, "--cores", "1", "results/tiny/seed0/logits/base/test.parquet", check=False)
     assert result.returncode != 0
     line = _line_of(data / "test.txt", rel)
-    assert f"cannot read image {data / rel} ({data / 'test.txt'}, line {line})" in error_lines(result)
+    # Found while the DAG is built, before any job starts (tests/test_user_faults.py).
+    assert f"{data / 'test.txt'}:{line}: image {data / rel} does not exist" in error_lines(result)
     assert digests(workdir) == before
 
 

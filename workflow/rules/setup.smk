@@ -35,6 +35,7 @@ from balanced_experts.experiments import (  # noqa: E402
 from balanced_experts.imports import library_files  # noqa: E402
 from balanced_experts.lists import (  # noqa: E402
     ListFormatError,
+    check_images_exist,
     check_labels_cover,
     check_labels_in_range,
     read_list,
