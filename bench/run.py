@@ -448,7 +448,7 @@ def main():
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo / "src"), os.environ.get("PYTHONPATH")) if p)
     import torch
 
-    from balanced_experts.runtime import resolve_device, setup_torch
+    from balanced_experts.device import resolve_device, setup_torch
 
     device = resolve_device(args.device)
     setup_torch(args.cores, 0, device)

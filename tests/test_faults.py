@@ -17,9 +17,11 @@ import torch
 
 from balanced_experts.calibration import JointCalibration, read_calibration, save_calibration
 from balanced_experts.data import read_image_cache
+from balanced_experts.faults import ArtifactError, rebuild_command
+from balanced_experts.files import replacing_folder
+from balanced_experts.joblog import get_logger
 from balanced_experts.logits import LogitsTable, read_logits, write_logits
 from balanced_experts.models import build_model, load_model, save_checkpoint
-from balanced_experts.runtime import ArtifactError, get_logger, rebuild_command, replacing_folder
 from conftest import REPO, copy_workflow, last_attempt, snakemake, tiny_config
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -126,7 +128,9 @@ def test_rebuild_command_quotes_the_path():
 # A stage in miniature: the job's logger and exit_briefly_on, then one fault.
 STAGE = """
 import os, sys, torch
-from balanced_experts.runtime import ArtifactError, exit_briefly_on, get_logger, replacing, save_torch_file
+from balanced_experts.faults import ArtifactError, exit_briefly_on
+from balanced_experts.files import replacing, save_torch_file
+from balanced_experts.joblog import get_logger
 fault, log_path, target = sys.argv[1:]
 log = get_logger("stage", log_path, attempt=1)
 exit_briefly_on(log)

@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.faults import ArtifactError
 from balanced_experts.lists import read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
-from balanced_experts.runtime import ArtifactError
 from balanced_experts.synthetic import SyntheticSpec, generate, long_tail_counts
 
 BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}

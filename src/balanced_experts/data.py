@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .faults import ArtifactError
+from .files import reading, replacing, unreadable
 from .lists import ImageList
-from .runtime import ArtifactError, reading, replacing, unreadable
 
 # torchvision is imported where the file path needs it, not here: importing it costs
 # 1.5 s per job (it pulls in torch._dynamo), and the preloaded datasets never use it.
