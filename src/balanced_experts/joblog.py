@@ -1,17 +1,21 @@
 """The job's log: one timestamped line per message, to the log file and stderr, and every
-attempt of the job kept in the file."""
+attempt of the job kept in the file, each numbered from its header line."""
 
 from __future__ import annotations
 
 import datetime
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
 from .faults import describe_os_error
 from .files import writing
+
+HEADER = re.compile(r"^\S+ ===== \d{4}-\d\d-\d\d ", re.M)
+"""The line that starts each attempt in a job's log, after its time stamp (:func:`attempt_header`)."""
 
 
 class _JobLogFile(logging.FileHandler):
@@ -28,9 +32,9 @@ def get_logger(name: str, log_path: str | Path | None, attempt: int | None = Non
     The log keeps every attempt of the job: Snakemake deletes a job's log before each
     attempt (a retry, or the rerun after a failure or a kill), so every line also goes to
     a hidden copy, ``.<log name>.history``, from which the next attempt restores the log
-    before appending to it. Each attempt starts with a header line: the date (the time
-    starts every line), the attempt number (``attempt``, Snakemake's count under
-    ``--retries``) and the process id.
+    before appending to it. Each attempt starts with a header line (:func:`attempt_header`),
+    numbered by the attempts the log already holds; ``attempt`` is Snakemake's count under
+    ``--retries``, which starts at 1 again in every invocation of Snakemake.
     """
     logger = logging.getLogger(f"balanced_experts.{name}")
     logger.setLevel(logging.INFO)
@@ -38,10 +42,11 @@ def get_logger(name: str, log_path: str | Path | None, attempt: int | None = Non
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    problem = None
+    problem, earlier = None, None
     if log_path:
         try:
             handlers += [_JobLogFile(path, mode="a") for path in _job_log_files(Path(log_path))]
+            earlier = attempts_in(Path(log_path))
         except OSError as error:  # a full disk or a read-only folder: the job still runs, on stderr
             problem = f"warning: the job's log is not kept: {describe_os_error(error)}"
     for handler in handlers:
@@ -50,8 +55,8 @@ def get_logger(name: str, log_path: str | Path | None, attempt: int | None = Non
     if problem:
         logger.warning(problem)
     if log_path:
-        of = f"attempt {attempt}, " if attempt is not None else ""
-        logger.info(f"===== {datetime.date.today().isoformat()} {name}: {of}pid {os.getpid()} =====")
+        number = earlier + 1 if earlier is not None else attempt
+        logger.info(attempt_header(name, number, attempt))
     return logger
 
 
@@ -65,3 +70,19 @@ def _job_log_files(path: Path) -> list[Path]:
         elif path.exists():
             shutil.copyfile(path, history)  # a log from before the history was kept
     return [path, history]
+
+
+def attempts_in(path: Path) -> int:
+    """How many attempts the job's log at ``path`` holds: its header lines."""
+    return len(HEADER.findall(path.read_text(errors="replace"))) if path.exists() else 0
+
+
+def attempt_header(name: str, number: int | None, snakemake_attempt: int | None) -> str:
+    """``===== <date> <job>: attempt <n>, pid <pid> =====``, the line that starts attempt
+    ``number`` of job ``name`` (the date: the time starts every line). Snakemake's own count
+    follows in brackets where it differs (``attempt 3 (Snakemake's attempt 1)``: the third
+    run of the job, the first of this invocation)."""
+    of = f"attempt {number}, " if number is not None else ""
+    if snakemake_attempt is not None and snakemake_attempt != number:
+        of = f"attempt {number} (Snakemake's attempt {snakemake_attempt}), "
+    return f"===== {datetime.date.today().isoformat()} {name}: {of}pid {os.getpid()} ====="
