@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from balanced_experts.calibration import JointCalibration, read_calibration, save_calibration
-from balanced_experts.data import read_image_cache
 from balanced_experts.faults import ArtifactError, rebuild_command
 from balanced_experts.files import replacing_folder
+from balanced_experts.images.cache import read_image_cache
 from balanced_experts.joblog import get_logger
 from balanced_experts.logits import LogitsTable, read_logits, write_logits
 from balanced_experts.models import build_model, load_model, save_checkpoint

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from balanced_experts.baselines import train_prior
-from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.metrics import per_class_accuracy
 from balanced_experts.multi_expert import build_multi_expert, mean_logits

@@ -2,10 +2,12 @@
 
 import numpy as np
 
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec
 from balanced_experts.device import resolve_device, setup_torch
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.faults import exit_briefly_on
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, check_labels_in_range, read_list
 from balanced_experts.logits import model_logits_table, predict, write_logits

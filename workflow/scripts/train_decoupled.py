@@ -10,7 +10,9 @@ import functools
 
 import torch
 
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.decoupled import (DecoupledSettings, cached_feed, class_aware_indices, decoupled_head,
                                         image_feed, save_decoupled, steps_per_epoch)
 from balanced_experts.device import resolve_device, setup_torch
