@@ -50,7 +50,7 @@ class Recipe:
     def train_crop(self, image: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
         """The device path's :meth:`train_transform` up to the input size, of one decoded
         3 x H x W image: float 3 x size x size (0..255). The rest: :meth:`augment_batch`."""
-        return resize_and_center_crop(image, spec.size, spec.size)
+        return self.eval_crop(image, spec)
 
     def eval_crop(self, image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
         """:meth:`eval_transform` on the device, of one decoded 3 x H x W image."""
@@ -126,8 +126,8 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def resize_and_center_crop(image: torch.Tensor, short: int, size: int) -> torch.Tensor:
     """Resize(short) + CenterCrop(size) of one 3 x H x W image, as torchvision's (float 3 x size x size)."""
     h, w = image.shape[-2:]
-    scale = short / min(h, w)
-    resized = resize(image, (max(short, round(h * scale)), max(short, round(w * scale))))
+    # Resize(short)'s output size: the long side floored, computed in torchvision's order
+    resized = resize(image, (short, int(short * w / h)) if h < w else (int(short * h / w), short))
     # CenterCrop's offsets (rounded, not floored), so eval inputs match the PIL path.
     top = int(round((resized.shape[1] - size) / 2))
     left = int(round((resized.shape[2] - size) / 2))
@@ -165,7 +165,7 @@ def draw_flip_and_jitter(n: int, generator, strength: float = JITTER):
     0, 1, 2 as ``factors``' columns), as ``ColorJitter.make_params`` draws them."""
     flips = torch.rand(n, generator=generator) < 0.5
     factors = 1 + strength * (2 * torch.rand(n, 3, generator=generator) - 1)
-    orders = torch.arange(3).expand(n, 3)  # brightness, contrast, saturation in this order (torchvision shuffles it)
+    orders = torch.rand(n, 3, generator=generator).argsort(1)
     return flips, factors, orders
 
 
