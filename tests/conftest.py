@@ -395,6 +395,23 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.slow)
+    # The tests that need no shared run go first, while the background thread does the runs:
+    # modules that use none, then those that use some (their other tests first), then those
+    # whose every test uses one. A module's tests stay together (its fixtures are set up once).
+    uses = {id(item): bool(SHARED_RUNS.keys() & set(item.fixturenames)) for item in items}
+    modules: dict[str, list[bool]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(uses[id(item)])
+    first = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], index)
+
+    def key(indexed):
+        index, item = indexed
+        module = item.nodeid.split("::")[0]
+        return (any(modules[module]) + all(modules[module]), first[module], uses[id(item)], index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
 
 @pytest.hookimpl(tryfirst=True)
