@@ -176,7 +176,8 @@ def edited_copy(workdir: Path, dest: Path, edit) -> tuple[Path, set[tuple[str, s
 # A test that edits or damages one works on a copy (copy_run). The runs a session's tests
 # need start with its first test, one after the other in the order the tests need them, in
 # a background thread and niced: they use the CPU that the tests in front leave idle (most
-# of them run one process at a time). A test that needs a run not yet begun runs it itself.
+# of them run one process at a time); once a test waits for one, it runs at normal priority.
+# A test that needs a run not yet begun runs it itself.
 # Each run is a function of the folder it may fill; SHARED_RUNS names them by fixture.
 
 
@@ -255,12 +256,17 @@ class SharedRuns:
             future, mine = self._futures.get(name), name not in self._futures
             if mine:
                 future = self._futures[name] = concurrent.futures.Future()
+        background = threading.current_thread() is not threading.main_thread()
         if mine:
             try:
-                background = threading.current_thread() is not threading.main_thread()
                 future.set_result(SHARED_RUNS[name](self._folders.mktemp(name), self, background))
             except BaseException as error:
                 future.set_exception(error)
+        elif not background and not future.done():
+            # The tests wait for it: it runs at their priority now (where the user may raise it).
+            for process in list(_NICED):
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PGRP, process.pid, 0)
         return future.result()
 
     def start(self, names: list[str]) -> None:
