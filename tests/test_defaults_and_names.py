@@ -156,6 +156,7 @@ def test_every_data_kind_is_prepared_by_its_rule_or_read_from_the_users_lists():
     assert set(DATASET["data"]["properties"]["kind"]["enum"]) == prepared | {"lists"}
 
 
+@pytest.mark.slow
 def test_every_registered_backbone_and_scheduler_works():
     import torch
 

@@ -241,10 +241,10 @@ def test_cuda_n_is_checked_and_becomes_the_current_device(monkeypatch):
 # -- 7. the Slurm profile's multi-GPU example ----------------------------------------------
 
 def test_the_slurm_multi_gpu_example_asks_for_one_node_and_one_task():
-    """The example in profiles/slurm (a comment there) and in the README: torchrun runs on
+    """The example in profiles/slurm (a comment there) and in docs/cluster.md: torchrun runs on
     one node, and the stage starts its processes itself, so one Slurm task."""
     profile = (REPO / "profiles/slurm/config.yaml").read_text()
     example = re.search(r"^#\s+(train_base: \{gpu: 4\b.*\})$", profile, re.M).group(1)
-    assert f"  {example}\n" in (REPO / "README.md").read_text()
+    assert f"  {example}\n" in (REPO / "docs/cluster.md").read_text()
     resources = yaml.safe_load(example)["train_base"]
     assert resources["nodes"] == 1 and resources["tasks_per_gpu"] == 0
