@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from balanced_experts.calibration import CalibrationObjective, ExpertOutputs, JointCalibration
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec, decode_images
+from balanced_experts.images.decoding import decode_images, ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import ImageList
 from balanced_experts.logits import predict
 from balanced_experts.models import build_model
@@ -80,6 +82,7 @@ def test_calibration_objective_on_cuda_matches_the_cpu():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True])
 def test_training_on_cuda_learns_and_predicts(tmp_path, amp):
     """A few epochs on an easy problem (the class is the mean colour) with bf16 autocast or
