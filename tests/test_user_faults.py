@@ -4,7 +4,6 @@ alone. A broken list behind finished results, a listed image that does not exist
 Slurm profile without its plugin, a read-only results folder, a YAML 1.1 number, an
 expert's reject sample too small to teach it."""
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,18 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, copy_workflow, planned_jobs, snakemake, tiny_config, write_config
+from conftest import (REPO, copy_run, copy_workflow, digests, planned_jobs, replace_line, snakemake, tiny_config,
+                      write_config)
 
 pytestmark = pytest.mark.slow
 
 BASE_WEIGHTS = "results/tiny/seed0/models/base/weights.pt"
-
-
-def digests(workdir: Path) -> dict[str, str]:
-    """SHA-256 of every file under results/ but the logs, to prove a stopped run left them alone."""
-    results = workdir / "results"
-    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(results.rglob("*")) if p.is_file() and "logs" not in p.parts}
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -54,8 +47,7 @@ def finished_lists_run(tiny_run, tmp_path_factory) -> Path:
     """A copy of the finished tiny run, its generated images and lists made a user's `lists`
     dataset read from the files, every output marked up to date (`--touch`: the models are
     the tiny run's, trained on the same images)."""
-    workdir = tmp_path_factory.mktemp("lists_run") / "run"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+    workdir = copy_run(tiny_run, tmp_path_factory.mktemp("lists_run") / "run")
     (workdir / "data").mkdir()
     shutil.move(workdir / "results/tiny/data", workdir / "data/tiny")
     write_config(workdir, lists_config())
@@ -66,16 +58,7 @@ def finished_lists_run(tiny_run, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def lists_copy(finished_lists_run, tmp_path) -> Path:
-    workdir = tmp_path / "run"
-    shutil.copytree(finished_lists_run, workdir, symlinks=True)
-    return workdir
-
-
-def replace_line(path: Path, number: int, text: str) -> None:
-    """Line ``number`` (1-based) of ``path`` replaced by ``text``."""
-    lines = path.read_text().splitlines()
-    lines[number - 1] = text
-    path.write_text("\n".join(lines) + "\n")
+    return copy_run(finished_lists_run, tmp_path / "run")
 
 
 @pytest.mark.parametrize("fault", ["label out of range", "label missing"])
@@ -182,8 +165,7 @@ def read_only(tmp_path):
 def test_a_read_only_results_folder_is_named_before_any_job_starts(tiny_run, tmp_path, read_only):
     """Before: Snakemake started the variant's first job, then failed to create its output
     folder (`WorkflowError: Failed to create output directory ...`, the OS error)."""
-    workdir = tmp_path / "run"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+    workdir = copy_run(tiny_run, tmp_path / "run")
     config = tiny_config()
     config["datasets"]["tiny"]["variants"] = {"few_lr": {"experts": {"few": {"lr": 0.02}}}}
     write_config(workdir, config)
@@ -205,8 +187,7 @@ def test_a_read_only_results_folder_is_named_before_any_job_starts(tiny_run, tmp
 
 def test_a_yaml_1_1_exponent_is_refused_with_how_to_write_it(tiny_run, tmp_path):
     """`1e-3` is a string to YAML 1.1, which Snakemake's config loader speaks."""
-    workdir = tmp_path / "run"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+    workdir = copy_run(tiny_run, tmp_path / "run")
     (workdir / "mine.yaml").write_text("datasets:\n  tiny:\n    base: {lr: 1e-3}\n")
     result = snakemake(workdir, "--cores", "1", "results/tiny/report.csv", "--configfile", "mine.yaml", check=False)
     assert result.returncode == 1
@@ -234,8 +215,7 @@ def reject_warning(workdir: Path, setting: str, expert: str, open_ratio: float) 
 
 
 def test_a_reject_sample_too_small_is_warned_in_the_log_and_on_stderr(tiny_run, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(tiny_run, workdir, symlinks=True)
+    workdir = copy_run(tiny_run, tmp_path / "run")
     config = tiny_config()
     config["datasets"]["tiny"]["variants"] = {"open16": {"experts": {"few": {"open_ratio": 16}}}}
     write_config(workdir, config)
