@@ -109,6 +109,9 @@ rule train_peer:
         paths.log(paths.REPLICATE, "train_{peer}"),
     benchmark:
         paths.benchmark(paths.REPLICATE, "train_{peer}")
+    # Every expert and baseline waits for the base model, only the report for a peer: the
+    # base model starts first (else two peers took both cores of the default run first).
+    priority: -1
     conda:
         "../envs/pytorch.yaml"
     # It needs no base model: on a CPU it trains side by side with the experts, as they do.
