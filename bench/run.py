@@ -28,7 +28,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "tests"))
-from conftest import copy_workflow, tiny_config  # noqa: E402  (the test suite's workflow copy and tiny dataset)
+from conftest import copy_workflow, tiny_config  # noqa: E402  (the tests' workflow copy; tests/tiny.yaml)
 
 ROWS: list[tuple[str, str, str, str, str]] = []
 # What --only chooses from: Snakemake runs (pipeline, no-op, dry run), the calibration fit,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,42 +23,17 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if not SHARED_DATA.exists() and os.environ.get("BALANCED_EXPERTS_SHARED_DATA"):
     SHARED_DATA = Path(os.environ["BALANCED_EXPERTS_SHARED_DATA"])
 
-# A dataset small enough that every stage takes seconds on one CPU core:
-# 8 classes, 48 -> 4 training images, 12x12 pixels, a 4-wide ResNet-8.
-TINY_DATASET = {
-    "data": {
-        "kind": "synthetic",
-        "synthetic": {"num_classes": 8, "max_count": 48, "imbalance": 12, "val_per_class": 4,
-                      "test_per_class": 6, "image_size": 12, "difficulty": 1.0, "seed": 0},
-    },
-    "class_splits": {"many_threshold": 24, "few_threshold": 8},
-    "input": {"size": 12, "augment": "crop_flip", "preload": True, "pad": 2,
-              "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-    "backbone": {"name": "resnet_cifar8", "width": 4, "embed_dim": 16},
-    "base": {"epochs": 2, "batch_size": 32, "lr": 0.05, "seed": 0},
-    "experts": {
-        "many": {"open_ratio": 4, "num_learnable": -1, "epochs": 2, "patience": 2, "batch_size": 16,
-                 "lr": 0.01, "seed": 1},
-        "medium": {"open_ratio": 2, "num_learnable": 3, "epochs": 2, "batch_size": 16, "lr": 0.01,
-                   "seed": 2},
-        "few": {"open_ratio": 2, "num_learnable": 3, "epochs": 2, "batch_size": 8, "lr": 0.01,
-                "seed": 3},
-    },
-    "crt": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 4},
-    "lws": {"epochs": 2, "batch_size": 32, "lr": 0.1, "seed": 5},
-    "calibration": {"max_iter": 20},
-}
+# The tiny config (tests/tiny.yaml): every stage takes seconds on one CPU core. .ci/run and
+# bench/ use the same file.
+TINY_CONFIG = Path(__file__).with_name("tiny.yaml")
 
 
 def tiny_config() -> dict:
-    import copy
+    """A fresh copy of the tiny config, to edit."""
+    return yaml.safe_load(TINY_CONFIG.read_text())
 
-    return {
-        "default_datasets": ["tiny"],
-        "execution": {"device": "cpu", "eval_batch_size": 64, "train_threads": 1,
-                      "expert_threads": 1, "logits_threads": 1},
-        "datasets": {"tiny": copy.deepcopy(TINY_DATASET)},
-    }
+
+TINY_DATASET = tiny_config()["datasets"]["tiny"]
 
 
 def jpeg_dataset(root: Path) -> dict:
@@ -93,6 +72,19 @@ def jpeg_dataset(root: Path) -> dict:
     return dataset
 
 
+def cifar_dataset(archive: Path) -> dict:
+    """The tiny dataset's training settings on a CIFAR-100 python archive (realdata's mini
+    one: 6 classes, long-tailed to 36 ... 3 training images)."""
+    import copy
+
+    dataset = copy.deepcopy(TINY_DATASET)
+    dataset["data"] = {"kind": "cifar", "cifar": {"archive": str(archive), "variant": "cifar100",
+                                                  "imbalance": 10, "val_per_class": 4}}
+    dataset["class_splits"] = {"many_threshold": 20, "few_threshold": 6}  # 36 22 | 14 9 | 5 3
+    dataset["input"].update(size=32, pad=4)
+    return dataset
+
+
 def copy_workflow(dest: Path, config: dict | None = None, repo: Path = REPO) -> Path:
     """Copy ``repo``'s workflow (Snakefile, workflow/, src/, profiles/) into ``dest`` with its
     own config.yaml (the tiny one by default)."""
@@ -109,12 +101,30 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the real ``snakemake`` of this interpreter's environment in ``workdir``."""
+_NICED: set[subprocess.Popen] = set()  # the background runs' Snakemake, ended with the session
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+              nice: bool = False) -> subprocess.CompletedProcess:
+    """Run the real ``snakemake`` of this interpreter's environment in ``workdir``; ``nice``:
+    at a lower CPU priority, in its own process group (a background run)."""
     exe = Path(sys.executable).with_name("snakemake")
-    cmd = [str(exe) if exe.exists() else "snakemake", *args]
+    cmd = [*(["nice", "-n", "10"] if nice else []), str(exe) if exe.exists() else "snakemake", *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    with subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=nice) as process:
+        if nice:
+            _NICED.add(process)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:  # a timeout, Ctrl-C: Snakemake (and a background run's jobs) end too
+            if nice:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
+            raise
+        finally:
+            _NICED.discard(process)
+    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
@@ -146,9 +156,271 @@ def planned_jobs(workdir: Path, *targets: str) -> set[tuple[str, str]]:
     return {(rule, wildcards) for rule, wildcards in jobs if rule != "all"}
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """One complete run of the whole DAG on the tiny config, shared by the pipeline tests."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("tiny_run"))
-    snakemake(workdir, "--cores", "2")
+def copy_run(workdir: Path, dest: Path) -> Path:
+    """A copy of a finished run (symlinks kept), to edit or damage: far cheaper than a rerun."""
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
+def edited_copy(workdir: Path, dest: Path, edit) -> tuple[Path, set[tuple[str, str]]]:
+    """A copy of a finished tiny run with ``edit`` applied to its tiny dataset's config; its
+    dry-run plan."""
+    copy_run(workdir, dest)
+    config = yaml.safe_load((dest / "config.yaml").read_text())
+    edit(config["datasets"]["tiny"])
+    write_config(dest, config)
+    return dest, planned_jobs(dest)
+
+
+# -- whole-DAG runs, each done once per session and shared by every module ------------------
+# A test that edits or damages one works on a copy (copy_run). The runs a session's tests
+# need start with its first test, one after the other in the order the tests need them, in
+# a background thread and niced: they use the CPU that the tests in front leave idle (most
+# of them run one process at a time); once a test waits for one, it runs at normal priority.
+# A test that needs a run not yet begun runs it itself.
+# Each run is a function of the folder it may fill; SHARED_RUNS names them by fixture.
+
+
+def _tiny_run(top: Path, runs: SharedRuns, nice: bool) -> Path:
+    workdir = copy_workflow(top)
+    snakemake(workdir, "--cores", "2", nice=nice)
     return workdir
+
+
+def _tiny_rerun(top: Path, runs: SharedRuns, nice: bool) -> Path:
+    from realdata import make_cifar_archive
+
+    config = tiny_config()
+    config["datasets"]["c100"] = cifar_dataset(make_cifar_archive(top / "cifar-100-python.tar.gz"))
+    workdir = copy_workflow(top / "run", config)
+    # The default target (the tiny dataset's every output, as `snakemake` alone) and c100's report.
+    snakemake(workdir, "--cores", "2", "all", "results/c100/report.csv", nice=nice)
+    return workdir
+
+
+def _two_seeds(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, set[tuple[str, str]]]:
+    workdir, planned = edited_copy(runs.result("tiny_run"), top / "run", lambda tiny: tiny.update(seeds=[0, 1]))
+    snakemake(workdir, "--cores", "2", nice=nice)
+    return workdir, planned
+
+
+def _variant_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, set[tuple[str, str]]]:
+    workdir, planned = edited_copy(runs.result("tiny_run"), top / "run", lambda tiny: tiny.update(
+        variants={"fewlr": {"experts": {"few": {"lr": 0.03}}}}))
+    snakemake(workdir, "--cores", "2", nice=nice)
+    return workdir, planned
+
+
+def _mini_lists_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]:
+    """A user's `lists` dataset ``mini`` (an ImageNet-LT-style root of JPEG files) in its own
+    file, given with --configfile: its data section, its image size and a backbone name; the
+    rest comes from `defaults` (the tiny training settings with a file loader)."""
+    import copy
+
+    from realdata import make_imagenet_lt_root
+
+    root = make_imagenet_lt_root(top / "imagenet_lt")
+    config = tiny_config()
+    defaults = copy.deepcopy(TINY_DATASET)
+    del defaults["data"]
+    defaults["class_splits"] = {"many_threshold": 12, "few_threshold": 5}  # 2 / 2 / 2 classes
+    defaults["input"] = {"augment": "imagenet", "preload": False, "workers": 0}
+    defaults["backbone"] = {"embed_dim": 16}
+    config["defaults"] = defaults
+    workdir = copy_workflow(top / "wf", config)
+    user = {"datasets": {"mini": {"data": {"kind": "lists", **root}, "input": {"size": 16},
+                                  "backbone": {"name": "resnet10"}}}}
+    (workdir / "mini.yaml").write_text(yaml.safe_dump(user))
+    # The target goes first: --configfile takes every file name that follows it.
+    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "--configfile", "mini.yaml", nice=nice)
+    return workdir, root
+
+
+SHARED_RUNS = {"tiny_run": _tiny_run, "two_seeds": _two_seeds, "variant_run": _variant_run,
+               "mini_lists_run": _mini_lists_run, "tiny_rerun": _tiny_rerun}
+
+
+class SharedRuns:
+    """The session's whole-DAG runs: each done once, by a background thread or by the first
+    test that needs it before that thread got to it."""
+
+    def __init__(self, tmp_path_factory):
+        self._folders = tmp_path_factory
+        self._lock = threading.Lock()
+        self._futures: dict[str, concurrent.futures.Future] = {}
+        self._stopping = threading.Event()
+
+    def result(self, name: str):
+        """The run's result, done now in this thread if no thread has begun it."""
+        with self._lock:
+            future, mine = self._futures.get(name), name not in self._futures
+            if mine:
+                future = self._futures[name] = concurrent.futures.Future()
+        background = threading.current_thread() is not threading.main_thread()
+        if mine:
+            try:
+                future.set_result(SHARED_RUNS[name](self._folders.mktemp(name), self, background))
+            except BaseException as error:
+                future.set_exception(error)
+        elif not background and not future.done():
+            # The tests wait for it: it runs at their priority now (where the user may raise it).
+            for process in list(_NICED):
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PGRP, process.pid, 0)
+        return future.result()
+
+    def start(self, names: list[str]) -> None:
+        def work():
+            for name in names:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self.result(name)
+                except BaseException:  # the tests that need it report it
+                    pass
+
+        self._thread = threading.Thread(target=work, name="shared runs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """At the session's end: what still runs (an interrupted session) is ended."""
+        self._stopping.set()
+        for process in list(_NICED):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_runs(request, tmp_path_factory):
+    runs = SharedRuns(tmp_path_factory)
+    first_need = {}
+    for index, item in enumerate(request.session.items):
+        for name in item.fixturenames:
+            if name in SHARED_RUNS:
+                first_need.setdefault(name, index)
+    runs.start(sorted(first_need, key=first_need.get))
+    yield runs
+    runs.stop()
+
+
+def _shared(runs: SharedRuns, name: str):
+    _refuse(f"uses the whole-DAG run {name}")
+    return runs.result(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shared_runs) -> Path:
+    """One complete run of the whole DAG on the tiny config (seed 0)."""
+    return _shared(shared_runs, "tiny_run")
+
+
+@pytest.fixture(scope="session")
+def tiny_rerun(shared_runs) -> Path:
+    """A second run of the tiny config from scratch (the determinism test); in the same
+    invocation, the whole DAG of ``c100``, a mini CIFAR-100-LT archive (cifar_dataset): two
+    independent DAGs keep both cores busier than one after the other."""
+    return _shared(shared_runs, "tiny_rerun")
+
+
+@pytest.fixture(scope="session")
+def two_seeds(shared_runs) -> tuple[Path, set[tuple[str, str]]]:
+    """A copy of tiny_run with a second seed added, and run; the plan of that run."""
+    return _shared(shared_runs, "two_seeds")
+
+
+@pytest.fixture(scope="session")
+def variant_run(shared_runs) -> tuple[Path, set[tuple[str, str]]]:
+    """A copy of tiny_run with a variant ``fewlr`` that changes only the few-shot expert's lr,
+    and run; the plan of that run."""
+    return _shared(shared_runs, "variant_run")
+
+
+@pytest.fixture(scope="session")
+def mini_lists_run(shared_runs) -> tuple[Path, dict]:
+    """The whole DAG of a user's `lists` dataset in its own config file (_mini_lists_run);
+    the data paths of its ImageNet-LT-style root."""
+    return _shared(shared_runs, "mini_lists_run")
+
+
+# -- the slow marker: every test that runs Snakemake or trains a model carries it -----------
+# `pytest -m "not slow"` is the fast tier (docs/development.md). A test without the marker
+# that starts Snakemake or takes an optimizer step fails, naming itself, so the tier stays
+# fast; the Slurm tests run the pipeline, so they are slow too.
+
+_current_test = {"id": None, "slow": False}
+
+
+def _runs_snakemake(args) -> bool:
+    """Whether a command runs Snakemake: its program, ``-m snakemake``, or ``-c`` code that
+    imports it (a shell command line: its first word)."""
+    argv = args.split()[:1] if isinstance(args, str) else [str(a) for a in args]
+    if not argv:
+        return False
+    if Path(argv[0]).name == "snakemake" or any(a == "-m" and b.startswith("snakemake")
+                                               for a, b in zip(argv, argv[1:])):
+        return True
+    return any(a == "-c" and re.search(r"^\s*(from|import) snakemake\b", b, re.M) for a, b in zip(argv, argv[1:]))
+
+
+def _refuse(what: str) -> None:
+    # (The shared runs' background thread works for the session, not for the current test.)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if _current_test["id"] is not None and not _current_test["slow"]:
+        pytest.fail(f"{_current_test['id']} {what}, but is not marked slow: add @pytest.mark.slow "
+                    "(the fast tier, pytest -m 'not slow', leaves it out)", pytrace=False)
+
+
+def pytest_configure(config):
+    # One CPU thread for the tests' own torch and the processes they spawn (Snakemake jobs set
+    # theirs from `execution`), before torch loads: the tests' tensors are tiny, and two
+    # threads on a loaded CPU wait on each other (the in-process fits: 10x the CPU time).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    popen_init = subprocess.Popen.__init__
+
+    def guarded_init(self, args, *more, **kwargs):
+        if _runs_snakemake(args):
+            _refuse("runs Snakemake")
+        popen_init(self, args, *more, **kwargs)
+
+    subprocess.Popen.__init__ = guarded_init
+
+    def guarded_step(optimizer, args, kwargs):
+        # The calibration's LBFGS fits a few scalars on logits in milliseconds: not training.
+        if not isinstance(optimizer, torch.optim.LBFGS):
+            _refuse(f"trains a model ({type(optimizer).__name__} step)")
+
+    register_optimizer_step_pre_hook(guarded_step)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)
+    # The tests that need no shared run go first, while the background thread does the runs:
+    # modules that use none, then those that use some (their other tests first), then those
+    # whose every test uses one. A module's tests stay together (its fixtures are set up once).
+    uses = {id(item): bool(SHARED_RUNS.keys() & set(item.fixturenames)) for item in items}
+    modules: dict[str, list[bool]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(uses[id(item)])
+    first = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], index)
+
+    def key(indexed):
+        index, item = indexed
+        module = item.nodeid.split("::")[0]
+        return (any(modules[module]) + all(modules[module]), first[module], uses[id(item)], index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Before the item's fixtures: a session fixture it sets up runs on its behalf.
+    _current_test.update(id=item.nodeid, slow=item.get_closest_marker("slow") is not None)

@@ -80,6 +80,7 @@ def test_calibration_objective_on_cuda_matches_the_cpu():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", [False, True])
 def test_training_on_cuda_learns_and_predicts(tmp_path, amp):
     """A few epochs on an easy problem (the class is the mean colour) with bf16 autocast or

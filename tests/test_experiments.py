@@ -1,8 +1,6 @@
 """Seeds and variants through real Snakemake on the tiny config: the report over several
 seeds, what adding or removing a seed plans, and what a variant shares with the main settings."""
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +10,7 @@ import yaml
 from balanced_experts.experiments import MODELS
 from balanced_experts.methods import METHODS, PEER_METHODS
 from balanced_experts.report import REPORT_COLUMNS
-from conftest import planned_jobs, snakemake, write_config
+from conftest import edited_copy
 
 pytestmark = pytest.mark.slow
 
@@ -30,25 +28,7 @@ def replicate_jobs(setting: str, seed: int) -> set[tuple[str, str]]:
             | {("logits", f"{where}, model={m}, split={s}") for m in MODELS for s in ("train", "val", "test")})
 
 
-def edited_copy(tiny_run, dest, edit) -> tuple:
-    """A copy of the finished tiny run with ``edit`` applied to its config; its dry-run plan."""
-    shutil.copytree(tiny_run, dest, symlinks=True)
-    config = yaml.safe_load((dest / "config.yaml").read_text())
-    edit(config["datasets"]["tiny"])
-    write_config(dest, config)
-    return dest, planned_jobs(dest)
-
-
-# -- seeds ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def two_seeds(tiny_run, tmp_path_factory):
-    """The finished one-seed tiny run with a second seed added, and run."""
-    workdir, planned = edited_copy(tiny_run, tmp_path_factory.mktemp("two_seeds") / "run",
-                                   lambda tiny: tiny.update(seeds=[0, 1]))
-    snakemake(workdir, "--cores", "2")
-    return workdir, planned
-
+# -- seeds (conftest's two_seeds: the finished one-seed tiny run with a second seed added) ---
 
 def test_adding_a_seed_plans_only_that_seeds_jobs(two_seeds):
     _, planned = two_seeds
@@ -98,16 +78,7 @@ def test_removing_a_seed_retrains_nothing(two_seeds, tmp_path):
     assert planned == {("aggregate", "setting=tiny"), ("resolved_config", "setting=tiny"), ("summary", "")}
 
 
-# -- variants -------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def variant_run(tiny_run, tmp_path_factory):
-    """The finished tiny run with a variant that changes only the few-shot expert, and run."""
-    workdir, planned = edited_copy(tiny_run, tmp_path_factory.mktemp("variant") / "run",
-                                   lambda tiny: tiny.update(variants={"fewlr": {"experts": {"few": {"lr": 0.03}}}}))
-    snakemake(workdir, "--cores", "2")
-    return workdir, planned
-
+# -- variants (conftest's variant_run: the tiny run with a variant of the few-shot expert) ---
 
 def test_variant_of_one_expert_plans_only_that_experts_chain(variant_run):
     _, planned = variant_run

@@ -239,6 +239,45 @@ def test_the_log_keeps_every_attempt_though_snakemake_deletes_it(tmp_path):
     assert last_attempt(path.read_text()).splitlines()[1].endswith("resuming")
 
 
+# A stage that dies in native code after its first epoch (attempt 1), or runs (attempt 2).
+NATIVE_CRASH = """
+import faulthandler, os, sys
+from balanced_experts.runtime import get_logger
+crash, log_path, attempt = sys.argv[1:]
+def train_one_epoch():  # the frame the stack must name
+    {"segfault": faulthandler._sigsegv, "abort": os.abort, "none": lambda: None}[crash]()
+log = get_logger("stage", log_path, attempt=int(attempt))
+log.info(f"epoch {attempt}")
+train_one_epoch()
+log.info("done")
+"""
+
+
+@pytest.mark.parametrize("crash, signum, what", [("segfault", signal.SIGSEGV, "Segmentation fault"),
+                                                  ("abort", signal.SIGABRT, "Aborted")])
+def test_a_native_crash_leaves_the_python_stack_in_the_log_and_the_next_attempt_keeps_it(
+        tmp_path, crash, signum, what):
+    log = tmp_path / "logs" / "stage.log"
+
+    def stage(crash, attempt):
+        return subprocess.run([sys.executable, "-c", NATIVE_CRASH, crash, str(log), str(attempt)],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+                              timeout=120)
+
+    crashed = stage(crash, 1)
+    assert crashed.returncode == -signum, crashed.stderr
+    stack = [f"Fatal Python error: {what}", 'File "<string>", line 6 in train_one_epoch',
+             'File "<string>", line 9 in <module>']
+    for text in (log.read_text(), crashed.stderr):
+        assert all(line in text for line in stack), text
+    assert log.read_text().index("epoch 1") < log.read_text().index(stack[0])
+
+    log.unlink()  # what Snakemake does before the next attempt
+    assert stage("none", 2).returncode == 0
+    first, second = log.read_text().split("stage: attempt 2, pid ")
+    assert all(line in first for line in stack) and second.rstrip().endswith("done")
+
+
 def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     images = tmp_path / "images"
     with replacing_folder(images) as staged:

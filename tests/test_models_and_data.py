@@ -258,3 +258,70 @@ def test_cifar_block_is_torchvisions_basic_block():
     x = torch.randn(2, 4, 10, 10)
     assert torch.allclose(ours.eval()(x), theirs.eval()(x))
     assert torch.allclose(ours.train()(x), theirs.train()(x))
+
+
+@pytest.mark.parametrize("batch", [5, 16])
+@pytest.mark.parametrize("in_planes, planes, size", [(4, 8, 12), (8, 16, 6), (16, 32, 6)])
+def test_the_shortcut_convolution_is_nn_conv2d_to_the_bit(in_planes, planes, size, batch):
+    """Shortcut1x1 (models.py: it works around a heap overflow in oneDNN's strided 1x1 weight
+    gradient) gives nn.Conv2d's output and gradients exactly, in the tiny model's shapes."""
+    import contextlib
+
+    from balanced_experts.models import Shortcut1x1
+
+    @contextlib.contextmanager
+    def one_thread():  # nn.Conv2d itself, at stride 2, can corrupt the heap with more
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    ours = Shortcut1x1(in_planes, planes, 2).to(memory_format=torch.channels_last)
+    plain = torch.nn.Conv2d(in_planes, planes, 1, stride=2, bias=False).to(memory_format=torch.channels_last)
+    plain.load_state_dict(ours.state_dict())  # the same parameter names
+    x = torch.randn(batch, in_planes, size, size).contiguous(memory_format=torch.channels_last)
+    outputs, grads = [], []
+    with one_thread():
+        for conv in (ours, plain):
+            image = x.clone().requires_grad_()
+            out = conv(image)
+            out.square().sum().backward()
+            outputs.append(out)
+            grads.append((image.grad, conv.weight.grad))
+    assert torch.equal(outputs[0], outputs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+# Training steps of the tiny model on the CPU with two threads, at batches of 5 and 3 images:
+# the threads split such a batch inside an image, which is where oneDNN's strided 1x1 weight
+# gradient overflows (with nn.Conv2d shortcuts this dies of SIGABRT or SIGSEGV within a few
+# dozen steps, in `pytest -m slurm`'s many-shot expert after its first epoch).
+TRAIN_STEPS = """
+import faulthandler, sys, torch
+from balanced_experts.models import build_model
+faulthandler.enable()
+torch.set_num_threads(2)
+model = build_model({"name": "resnet_cifar8", "width": 4, "embed_dim": 16}, 3)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+for step in range(int(sys.argv[1])):
+    n = (5, 3)[step % 2]
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(n, 3, 12, 12)), torch.randint(0, 3, (n,)))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+print("trained")
+"""
+
+
+def test_multithreaded_cpu_training_of_a_narrow_resnet_survives_odd_batches():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run([sys.executable, "-c", TRAIN_STEPS, "40"], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="2"), timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "trained", (result.returncode, result.stderr[-3000:])

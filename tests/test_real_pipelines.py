@@ -15,7 +15,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from balanced_experts.configuration import resolve_dataset
 from balanced_experts.logits import read_logits
 from conftest import REPO, SHARED_DATA, TINY_DATASET, copy_workflow, planned_jobs, snakemake, tiny_config
-from realdata import caffe_style, make_cifar_archive, make_imagenet_lt_root, resnet10_state_dict
+from realdata import caffe_style, make_imagenet_lt_root, resnet10_state_dict
 
 pytestmark = pytest.mark.slow
 
@@ -51,25 +51,11 @@ def mini_root(tmp_path_factory):
     return make_imagenet_lt_root(tmp_path_factory.mktemp("imagenet_lt"))
 
 
-def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(tmp_path, mini_root):
+def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(mini_lists_run):
     """A user's `lists` dataset in its own file, given with --configfile: its data section,
     its image size and a backbone name. The rest comes from `defaults` (here the tiny
-    training settings with a file loader, so that the test is quick)."""
-    config = tiny_config()
-    defaults = copy.deepcopy(TINY_DATASET)
-    del defaults["data"]
-    defaults["class_splits"] = {"many_threshold": 12, "few_threshold": 5}  # 2 / 2 / 2 classes
-    defaults["input"] = {"augment": "imagenet", "preload": False, "workers": 0}
-    defaults["backbone"] = {"embed_dim": 16}
-    config["defaults"] = defaults
-    workdir = copy_workflow(tmp_path / "wf", config)
-    user = {"datasets": {"mini": {"data": {"kind": "lists", **mini_root}, "input": {"size": 16},
-                                  "backbone": {"name": "resnet10"}}}}
-    (workdir / "mini.yaml").write_text(yaml.safe_dump(user))
-    started = time.perf_counter()
-    # The target goes first: --configfile takes every file name that follows it.
-    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "--configfile", "mini.yaml")
-    print(f"mini ImageNet-LT DAG: {time.perf_counter() - started:.1f} s")
+    training settings with a file loader, so that the test is quick): conftest's mini_lists_run."""
+    workdir, mini_root = mini_lists_run
     results = workdir / "results/mini"
     classes = pd.read_csv(results / "classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 2, "medium": 2, "few": 2}
@@ -85,17 +71,8 @@ def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(tmp_path
     assert planned_jobs(workdir, "results/mini/report.csv", "--configfile", "mini.yaml") == set()
 
 
-def test_mini_cifar_archive_whole_dag(tmp_path):
-    archive = make_cifar_archive(tmp_path / "cifar-100-python.tar.gz", "cifar100")
-    dataset = copy.deepcopy(TINY_DATASET)
-    dataset["data"] = {"kind": "cifar", "cifar": {"archive": str(archive), "variant": "cifar100",
-                                                  "imbalance": 10, "val_per_class": 4}}
-    dataset["class_splits"] = {"many_threshold": 20, "few_threshold": 6}  # 36 22 | 14 9 | 5 3
-    dataset["input"].update(size=32, pad=4)
-    workdir = copy_workflow(tmp_path / "wf", config_with(c100=dataset))
-    started = time.perf_counter()
-    snakemake(workdir, "--cores", "2", "results/c100/report.csv")
-    print(f"mini CIFAR-100-LT DAG: {time.perf_counter() - started:.1f} s")
+def test_mini_cifar_archive_whole_dag(tiny_rerun):
+    workdir = tiny_rerun  # the c100 dataset (conftest.cifar_dataset) ran its whole DAG there
     results = workdir / "results/c100"
     classes = pd.read_csv(results / "classes.csv")
     assert classes["train_count"].tolist() == [36, 22, 14, 9, 5, 3]

@@ -1,6 +1,6 @@
 """The tiny pipeline on a real single-node Slurm, through profiles/slurm and the Slurm
 executor plugin. Opt-in (`pytest -m slurm`): it needs root, Debian's slurm-wlm and munge
-packages, the `slurm` extra (`pip install -e ".[slurm]"`), and about two minutes.
+packages, the `slurm` extra (`pip install -e ".[slurm]"`), and a few minutes.
 
 tests/slurm/start_slurm.sh starts the cluster for the test and stop_slurm.sh stops it;
 the cluster has no accounting database, so the jobs are polled with squeue and checked
@@ -16,7 +16,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from conftest import REPO, copy_workflow, snakemake
+from conftest import REPO, copy_workflow, last_attempt, snakemake
 
 pytestmark = pytest.mark.slurm
 
@@ -63,25 +63,58 @@ def _completed_jobs(jobcomp_log):
     return jobs
 
 
+def _slurm_logs(workdir):
+    """``{Slurm job id: its log}`` of every job the executor submitted; a job's log lies in
+    ``.snakemake/slurm_logs/rule_<rule>/<wildcards>/<Slurm job id>.log``, one per attempt."""
+    return {int(log.stem): log for log in (workdir / ".snakemake/slurm_logs").glob("rule_*/*/*.log")}
+
+
+def _retried_job(workdir, job_id, fields, slurm_log) -> str:
+    """What a job that failed and was submitted again left: its state in slurmctld's record,
+    Snakemake's line on how its program ended (``died with <Signals.SIGSEGV: 11>``), and
+    the end of its earlier attempts in the job's own log (the Python stack of a native
+    crash, see balanced_experts.runtime.report_native_crashes)."""
+    rule, wildcards = slurm_log.parent.parent.name.removeprefix("rule_"), slurm_log.parent.name
+    text = slurm_log.read_text(errors="replace")
+    said = [line.strip() for line in text.splitlines()
+            if re.search(r"died with|Error in rule|exit status|Fatal Python error", line)]
+    lines = [f"{rule} ({wildcards}): Slurm job {job_id} {fields.get('JobState')} "
+             f"(ExitCode {fields.get('ExitCode')}), a crash that Snakemake's retry hid",
+             f"  {slurm_log.relative_to(workdir)}:", *[f"    {line}" for line in said]]
+    job_log = re.search(r"^\s*log: (\S+)", text, re.M)
+    if job_log and (workdir / job_log[1]).exists():
+        whole = (workdir / job_log[1]).read_text(errors="replace")
+        earlier = whole[:len(whole) - len(last_attempt(whole))]
+        lines += [f"  {job_log[1]}, before its last attempt:",
+                  *[f"    {line}" for line in earlier.splitlines()[-30:]]]
+    return "\n".join(lines)
+
+
 def test_tiny_pipeline_runs_through_slurm(slurm_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster / "slurm.conf"))
     workdir = copy_workflow(tmp_path / "run")
     # --workflow-profile replaces profiles/default (see profiles/slurm/config.yaml); the
     # cluster has no sacct, hence squeue, and jobs of seconds are polled from the start.
+    # About 200 s on a quiet machine; the limit is for a hung run: on a loaded 2-core
+    # machine the run took up to 15 minutes (the node's jobs share its 2 cores).
     snakemake(workdir, "--workflow-profile", "profiles/slurm", "--slurm-status-command", "squeue",
-              "--slurm-init-seconds-before-status-checks", "1", timeout=900)
+              "--slurm-init-seconds-before-status-checks", "1", timeout=1800)
 
     report = pd.read_csv(workdir / "results/tiny/report.csv")
     assert "experts_calibrated" in report["method"].tolist()
 
-    # Every job went through Slurm: its log lies in the plugin's folder of its rule under
-    # its Slurm job id, and slurmctld recorded that job as completed.
+    # Every job went through Slurm once and completed on its first attempt: the profile's
+    # retry would hide a crash (the report is right all the same), so a job that Slurm
+    # recorded as failed is reported as what it is, with the signal and its log.
     jobs = _completed_jobs(slurm_cluster / "jobcomp.log")
-    rule_of_job = {int(log.stem): log.parent.parent.name.removeprefix("rule_")
-                   for log in (workdir / ".snakemake/slurm_logs").glob("rule_*/*/*.log")}
+    slurm_logs = _slurm_logs(workdir)
+    retried = [_retried_job(workdir, job_id, jobs.get(job_id, {}), log) for job_id, log in sorted(slurm_logs.items())
+               if jobs.get(job_id, {}).get("JobState") != "COMPLETED"]
+    assert not retried, "\n\n".join(retried)
+    # Each job's log lies in the plugin's folder of its rule under its Slurm job id.
+    rule_of_job = {job_id: log.parent.parent.name.removeprefix("rule_") for job_id, log in slurm_logs.items()}
     assert sorted(rule_of_job.values()) == sorted(rule for rule, n in JOBS.items() for _ in range(n))
-    for job_id, rule in rule_of_job.items():
-        assert jobs[job_id]["JobState"] == "COMPLETED", (rule, jobs[job_id])
+    for job_id in rule_of_job:
         assert jobs[job_id]["WorkDir"] == str(workdir)
     # The profile's per-rule requests reached Slurm (runtime in minutes, CPUs).
     base = next(jobs[i] for i, rule in rule_of_job.items() if rule == "train_base")

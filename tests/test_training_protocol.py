@@ -47,6 +47,7 @@ def _fit(tmp_path, accuracies, settings, num_learnable=-1):
     return model, result, states, lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accuracies, patience, epochs, best, last", [
     # Best 70 % at epoch 5; epochs 6-9 are not strictly better (70 again at 6 and 9): stop at 5 + 4.
     ([40, 55, 55, 50, 70, 70, 65, 60, 70, 95, 95, 95], 4, 12, 5, 9),
@@ -78,6 +79,7 @@ def _statistics(model):
     return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("trunk")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frozen_bn", ["train", "eval"])
 def test_frozen_batchnorm_statistics_follow_frozen_bn(tmp_path, frozen_bn):
     """An expert that fine-tunes the classifier alone (num_learnable 1): its frozen trunk's

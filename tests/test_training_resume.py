@@ -44,6 +44,7 @@ def _fit(tmp_path, fingerprint="same", interrupt_at_epoch=None, settings=SETTING
     return model, result
 
 
+@pytest.mark.slow
 def test_interrupted_fit_resumes_to_identical_weights(tmp_path):
     reference_model, reference = _fit(tmp_path / "whole")
     with pytest.raises(Interrupted):
@@ -63,6 +64,7 @@ def test_interrupted_fit_resumes_to_identical_weights(tmp_path):
     assert metrics.drop(columns="seconds").equals(expected.drop(columns="seconds"))
 
 
+@pytest.mark.slow
 def test_finished_fit_keeps_its_result_and_restores_it_without_training(tmp_path):
     reference_model, reference = _fit(tmp_path)
     kept = torch.load(tmp_path / "resume.pt", weights_only=True)
@@ -77,6 +79,7 @@ def test_finished_fit_keeps_its_result_and_restores_it_without_training(tmp_path
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     with pytest.raises(Interrupted):
         _fit(tmp_path, fingerprint="old settings", interrupt_at_epoch=3)
@@ -87,6 +90,7 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_is_ignored(tmp_path):
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "resume.pt").write_bytes(b"truncated")
@@ -105,6 +109,7 @@ def test_fingerprint_covers_settings_and_file_contents(tmp_path):
     assert run_fingerprint({"lr": 0.1}, [data]) != first
 
 
+@pytest.mark.slow
 def test_diverging_loss_names_model_and_epoch(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"toy: training loss is (nan|inf) at epoch \d+"):
         _fit(tmp_path, settings=TrainSettings(epochs=4, batch_size=8, lr=1e12, seed=0))

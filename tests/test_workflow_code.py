@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from balanced_experts.execution import ExecutionSettings
@@ -54,6 +55,7 @@ def import_closure(workdir: Path, script: str) -> set[str]:
             if name.split(".")[0] == LIBRARY}
 
 
+@pytest.mark.slow
 def test_every_rule_declares_exactly_the_library_modules_its_program_runs(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     rules = declared_code(workdir)
@@ -67,6 +69,7 @@ def test_every_rule_declares_exactly_the_library_modules_its_program_runs(tmp_pa
         assert f"src/{LIBRARY}/distributed.py" in rules[name]["code"]
 
 
+@pytest.mark.slow
 def test_a_new_import_is_a_new_code_input(tmp_path):
     """Imports are read, not listed: an import added to a program (here inside a function),
     or to a library module it imports, is declared with no edit to the rules."""

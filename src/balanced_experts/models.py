@@ -42,6 +42,28 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+class Shortcut1x1(nn.Conv2d):
+    """The 1x1, stride-s convolution of a residual shortcut; on the CPU with fewer than 16
+    input channels it convolves every s-th pixel at stride 1, which gives the same result
+    to the bit.
+
+    The strided form's weight gradient in oneDNN (PyTorch's CPU convolutions) writes past
+    its per-thread workspace for a channels-last input with fewer channels than the
+    kernel's block (16 with AVX-512, 8 with AVX2) when a thread's share of the batch starts
+    inside an image: it corrupts the heap of a training job with several threads, which
+    dies of SIGABRT or SIGSEGV in ``loss.backward()`` (uxlfoundation/oneDNN#6035; oneDNN
+    3.12 in torch 2.14.1, unfixed in 3.13). A CIFAR ResNet of width under 16 (the tests'
+    tiny one) has such shortcuts. Parameters and state-dict keys are nn.Conv2d's."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x):
+        if x.device.type == "cpu" and self.in_channels < 16:
+            return nn.functional.conv2d(x[:, :, ::self.stride[0], ::self.stride[1]], self.weight)
+        return super().forward(x)
+
+
 class CifarResNet(nn.Module):
     """ResNet for small images (He et al. 2016, section 4.2): 3x3 stem, three stages.
 
@@ -68,9 +90,7 @@ class CifarResNet(nn.Module):
             s = stride if i == 0 else 1
             downsample = None
             if s != 1 or self.in_planes != planes:
-                downsample = nn.Sequential(
-                    nn.Conv2d(self.in_planes, planes, 1, stride=s, bias=False), nn.BatchNorm2d(planes)
-                )
+                downsample = nn.Sequential(Shortcut1x1(self.in_planes, planes, s), nn.BatchNorm2d(planes))
             layers.append(BasicBlock(self.in_planes, planes, stride=s, downsample=downsample))
             self.in_planes = planes
         return nn.Sequential(*layers)

@@ -1,5 +1,5 @@
-"""What every stage program needs: the job's log, one-line errors, safe reading and writing
-of the workflow's files, the device, threads.
+"""What every stage program needs: the job's log, one-line errors, a stack on a native
+crash, safe reading and writing of the workflow's files, the device, threads.
 
 A stage ends on a fault the user fixes with one line, on stderr and in the job's log
 (:func:`exit_briefly_on`): a file of ours that cannot be read names the file, what is wrong
@@ -11,15 +11,18 @@ half-written file behind.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import errno
+import faulthandler
 import logging
 import os
 import pickle
 import random
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,7 +48,8 @@ def get_logger(name: str, log_path: str | Path | None, attempt: int | None = Non
     a hidden copy, ``.<log name>.history``, from which the next attempt restores the log
     before appending to it. Each attempt starts with a header line: the date (the time
     starts every line), the attempt number (``attempt``, Snakemake's count under
-    ``--retries``) and the process id.
+    ``--retries``) and the process id. A native crash appends the Python stack to both
+    files and stderr (:func:`report_native_crashes`).
     """
     logger = logging.getLogger(f"balanced_experts.{name}")
     logger.setLevel(logging.INFO)
@@ -53,12 +57,14 @@ def get_logger(name: str, log_path: str | Path | None, attempt: int | None = Non
     logger.propagate = False
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    problem = None
+    problem, log_files = None, []
     if log_path:
         try:
-            handlers += [_JobLogFile(path, mode="a") for path in _job_log_files(Path(log_path))]
+            log_files = _job_log_files(Path(log_path))
+            handlers += [_JobLogFile(path, mode="a") for path in log_files]
         except OSError as error:  # a full disk or a read-only folder: the job still runs, on stderr
-            problem = f"warning: the job's log is not kept: {describe_os_error(error)}"
+            problem, log_files = f"warning: the job's log is not kept: {describe_os_error(error)}", []
+    report_native_crashes(log_files)
     for handler in handlers:
         handler.setFormatter(fmt)
         logger.addHandler(handler)
@@ -80,6 +86,47 @@ def _job_log_files(path: Path) -> list[Path]:
         elif path.exists():
             shutil.copyfile(path, history)  # a log from before the history was kept
     return [path, history]
+
+
+# -- a native crash: the Python stack, in the job's log -----------------------------------------
+
+_crash_copier: subprocess.Popen | None = None  # the ``tee`` of report_native_crashes
+
+
+def report_native_crashes(log_files: list[Path]) -> None:
+    """On a native crash (SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL: in torch, numpy, a
+    DataLoader worker) write the Python stack of every thread to ``log_files`` and stderr,
+    with :mod:`faulthandler`; without it such a job dies without a word of where.
+
+    faulthandler writes to one file descriptor, from its signal handler, and the dying
+    process can copy nothing afterwards: with log files, that descriptor is a pipe into
+    ``tee -a``, which appends the stack to each file (the job's log and its history, so
+    the log of the next attempt keeps it) and to stderr. Without ``tee`` it goes to the
+    first file alone; without log files, to stderr. A second call replaces the first.
+    """
+    global _crash_copier
+    _stop_copying_crashes()
+    if not log_files:
+        faulthandler.enable(sys.__stderr__ or sys.stderr, all_threads=True)
+        return
+    try:
+        # Not a new session: Ctrl-C and a kill of the job's process group end it too.
+        _crash_copier = subprocess.Popen(["tee", "-a", *map(str, log_files)], stdin=subprocess.PIPE,
+                                         stdout=sys.__stderr__ or subprocess.DEVNULL)
+        faulthandler.enable(_crash_copier.stdin, all_threads=True)
+    except (OSError, ValueError):  # no tee (or no stderr to hand it): the log file alone
+        faulthandler.enable(open(log_files[0], "a"), all_threads=True)
+
+
+@atexit.register
+def _stop_copying_crashes() -> None:
+    """End the ``tee`` of :func:`report_native_crashes` (it ends when its pipe closes)."""
+    global _crash_copier
+    if _crash_copier is not None:
+        faulthandler.disable()
+        _crash_copier.stdin.close()
+        _crash_copier.wait()
+        _crash_copier = None
 
 
 # -- one line per fault --------------------------------------------------------------------
