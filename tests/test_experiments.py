@@ -10,7 +10,7 @@ import yaml
 from balanced_experts.experiments import MODELS
 from balanced_experts.methods import METHODS, PEER_METHODS
 from balanced_experts.report import REPORT_COLUMNS
-from conftest import edited_copy
+from conftest import edited_copy, snakemake
 
 pytestmark = pytest.mark.slow
 
