@@ -199,7 +199,8 @@ def bench_logits_io(scratch: Path):
 def _model_and_source(backbone: str, size: int, num_images: int, device):
     import torch
 
-    from balanced_experts.data import ImageSource, InputSpec
+    from balanced_experts.images.source import ImageSource
+    from balanced_experts.images.spec import InputSpec
     from balanced_experts.lists import ImageList
     from balanced_experts.models import build_model
 
@@ -312,7 +313,8 @@ def write_jpegs(root: Path, count: int, base: np.ndarray) -> Path:
 def bench_jpeg_training(backbone: str, count: int, batch: int, device, scratch: Path):
     """Training fed by the real data path: JPEG files through the DataLoader, decoded on
     ``device`` when it is CUDA (nvJPEG), else by PIL in the workers."""
-    from balanced_experts.data import ImageSource, InputSpec
+    from balanced_experts.images.source import ImageSource
+    from balanced_experts.images.spec import InputSpec
     from balanced_experts.lists import read_list
     from balanced_experts.models import build_model
     from balanced_experts.training import TrainSettings, fit
@@ -352,7 +354,8 @@ def bench_data_loading(repo: Path, scratch: Path, device):
     import torch
     from PIL import Image
 
-    from balanced_experts.data import ImageSource, InputSpec
+    from balanced_experts.images.source import ImageSource
+    from balanced_experts.images.spec import InputSpec
     from balanced_experts.lists import read_list
     from balanced_experts.synthetic import SyntheticSpec, generate
 
@@ -371,16 +374,15 @@ def bench_data_loading(repo: Path, scratch: Path, device):
     bare_s, _ = timed(bare_png, repeat=2)
     open_s, _ = timed(ImageSource.open, root, image_list, spec, repeat=2)
     row(f"open {n} 32-px PNGs for a job (preload)", n / open_s, "img/s", "bare PIL decode loop", n / bare_s)
-    import balanced_experts.data as data
+    from balanced_experts.images.cache import write_image_cache
 
-    if hasattr(data, "write_image_cache"):  # the decoded-once cache (newer code only)
-        cache = scratch / "train.npy"
-        write_s, _ = timed(data.write_image_cache, root, image_list, spec.size, cache)
-        open_s, _ = timed(ImageSource.open, root, image_list, spec, cache=cache, repeat=2)
-        row(f"write the decoded cache of {n} 32-px PNGs (once per dataset)", n / write_s, "img/s",
-            "bare PIL decode loop", n / bare_s)
-        row(f"open {n} 32-px images for a job (memory-mapped cache)", n / open_s, "img/s",
-            "bare PIL decode loop", n / bare_s)
+    cache = scratch / "train.npy"
+    write_s, _ = timed(write_image_cache, root, image_list, spec.size, cache)
+    open_s, _ = timed(ImageSource.open, root, image_list, spec, cache=cache, repeat=2)
+    row(f"write the decoded cache of {n} 32-px PNGs (once per dataset)", n / write_s, "img/s",
+        "bare PIL decode loop", n / bare_s)
+    row(f"open {n} 32-px images for a job (memory-mapped cache)", n / open_s, "img/s",
+        "bare PIL decode loop", n / bare_s)
 
     # JPEGs the size of ImageNet's (~400x350), decoded and cropped to 224 px.
     jpeg_root, count = scratch / "jpeg", bench_data_loading.jpeg_images
@@ -448,7 +450,7 @@ def main():
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo / "src"), os.environ.get("PYTHONPATH")) if p)
     import torch
 
-    from balanced_experts.runtime import resolve_device, setup_torch
+    from balanced_experts.device import resolve_device, setup_torch
 
     device = resolve_device(args.device)
     setup_torch(args.cores, 0, device)

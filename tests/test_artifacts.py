@@ -139,6 +139,7 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(regex)
 
 
+@pytest.mark.slow
 def test_every_file_a_job_writes_is_a_template_and_every_template_is_written(planned):
     folders = (paths.RESULTS, paths.DATASET, paths.SETTING, paths.REPLICATE)
     files = {name: value for name, value in vars(paths).items() if name.isupper() and value not in folders
@@ -153,6 +154,7 @@ def test_every_file_a_job_writes_is_a_template_and_every_template_is_written(pla
         assert any(regexes[template].fullmatch(file) for file in written), f"paths.{name}: no job writes {template}"
 
 
+@pytest.mark.slow
 def test_each_stage_reads_exactly_the_stages_its_upstream_declares(planned):
     reads = stage_reads(planned)
     assert {job.rule for job, _ in reads} == set(STAGES)
@@ -161,6 +163,7 @@ def test_each_stage_reads_exactly_the_stages_its_upstream_declares(planned):
     assert mismatches(reads, STAGES) == []
 
 
+@pytest.mark.slow
 def test_an_upstream_stage_that_no_input_reads_is_a_mismatch(planned):
     declared = STAGES["train_decoupled"].upstream
     stages = dict(STAGES, train_decoupled=dataclasses.replace(
@@ -169,6 +172,7 @@ def test_an_upstream_stage_that_no_input_reads_is_a_mismatch(planned):
     assert found and all(line.startswith("train_decoupled ") for line in found)
 
 
+@pytest.mark.slow
 def test_an_input_that_the_upstream_does_not_declare_is_a_mismatch(tmp_path):
     workdir = copy_workflow(tmp_path / "wf", tiny_config())
     rules = workdir / "workflow/rules/train.smk"

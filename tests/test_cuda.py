@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from balanced_experts.calibration import CalibrationObjective, ExpertOutputs, JointCalibration
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec, decode_images
+from balanced_experts.images.decoding import decode_images, ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import ImageList
 from balanced_experts.logits import predict
 from balanced_experts.models import build_model

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from balanced_experts import DECOUPLED_METHODS
-from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.decoupled import (ScaledClassifier, as_linear, cached_feed, class_aware_indices, decoupled_head,
                                         image_feed, save_decoupled, steps_per_epoch)
 from balanced_experts.lists import read_list

@@ -14,10 +14,11 @@ from balanced_experts import DATA_SPLITS, DECOUPLED_METHODS, SPLIT_NAMES
 from balanced_experts.calibration import fit_calibration
 from balanced_experts.cifar import VARIANTS, CifarLTSpec
 from balanced_experts.configuration import DEFAULT_SEEDS
-from balanced_experts.data import AUGMENTATIONS, InputSpec
 from balanced_experts.decoupled import FEATURE_SOURCES, DecoupledSettings
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import REJECT_SAMPLINGS, ExpertSettings
+from balanced_experts.images.augment import AUGMENTATIONS
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.methods import METHODS, PEER_METHODS, PEER_SWITCH, PROPOSED
 from balanced_experts.models import BACKBONES, FROZEN_BN_MODES, LongTailNet, build_model
 from balanced_experts.peers import PEERS, default_config
@@ -173,6 +174,7 @@ def test_every_data_kind_is_prepared_by_its_rule_or_read_from_the_users_lists():
     assert set(DATASET["data"]["properties"]["kind"]["enum"]) == prepared | {"lists"}
 
 
+@pytest.mark.slow
 def test_every_registered_backbone_and_scheduler_works():
     import torch
 

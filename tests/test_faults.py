@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from balanced_experts.calibration import JointCalibration, read_calibration, save_calibration
-from balanced_experts.data import read_image_cache
+from balanced_experts.faults import ArtifactError, rebuild_command
+from balanced_experts.files import replacing_folder
+from balanced_experts.images.cache import read_image_cache
+from balanced_experts.joblog import get_logger
+from balanced_experts.lists import read_list
 from balanced_experts.logits import LogitsTable, read_logits, write_logits
 from balanced_experts.models import build_model, load_model, save_checkpoint
-from balanced_experts.runtime import ArtifactError, get_logger, rebuild_command, replacing_folder
-from conftest import REPO, copy_workflow, last_attempt, snakemake, tiny_config
+from conftest import REPO, copy_workflow, jpeg_dataset, last_attempt, snakemake, tiny_config
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -126,7 +130,9 @@ def test_rebuild_command_quotes_the_path():
 # A stage in miniature: the job's logger and exit_briefly_on, then one fault.
 STAGE = """
 import os, sys, torch
-from balanced_experts.runtime import ArtifactError, exit_briefly_on, get_logger, replacing, save_torch_file
+from balanced_experts.faults import ArtifactError, exit_briefly_on
+from balanced_experts.files import replacing, save_torch_file
+from balanced_experts.joblog import get_logger
 fault, log_path, target = sys.argv[1:]
 log = get_logger("stage", log_path, attempt=1)
 exit_briefly_on(log)
@@ -242,7 +248,7 @@ def test_the_log_keeps_every_attempt_though_snakemake_deletes_it(tmp_path):
 # A stage that dies in native code after its first epoch (attempt 1), or runs (attempt 2).
 NATIVE_CRASH = """
 import faulthandler, os, sys
-from balanced_experts.runtime import get_logger
+from balanced_experts.joblog import get_logger
 crash, log_path, attempt = sys.argv[1:]
 def train_one_epoch():  # the frame the stack must name
     {"segfault": faulthandler._sigsegv, "abort": os.abort, "none": lambda: None}[crash]()
@@ -436,3 +442,31 @@ def test_a_full_disk_names_the_path_and_leaves_no_partial_file(tmp_path):
     assert "error: results/tiny/data/images: No space left on device (ENOSPC)" in result.stderr
     assert "Traceback" not in result.stderr
     assert left == []
+
+
+@pytest.mark.slow
+def test_a_corrupt_jpeg_in_a_dataloader_worker_ends_the_job_with_its_one_line(tmp_path):
+    """A JPEG list dataset whose images DataLoader workers open: one cut short ends the job
+    with the line the main process would give (file and list line), once in the job's log
+    and once on its stderr, without the worker's traceback."""
+    config = tiny_config()
+    config["datasets"]["tiny"] = jpeg_dataset(tmp_path / "data")
+    config["datasets"]["tiny"]["input"]["workers"] = 2
+    workdir = copy_workflow(tmp_path / "run", config)
+    train_list = Path(config["datasets"]["tiny"]["data"]["train_list"])
+    image_list = read_list(train_list)
+    corrupt = Path(config["datasets"]["tiny"]["data"]["root"]) / image_list.paths[5]
+    corrupt.write_bytes(corrupt.read_bytes()[: corrupt.stat().st_size // 2])
+    with pytest.raises(OSError) as pil:
+        Image.open(corrupt).convert("RGB")
+    line = f"error: cannot read image {corrupt} ({train_list}, line {image_list.line_of(5)}): {pil.value}"
+
+    result = snakemake(workdir, "--cores", "1", BASE_WEIGHTS, check=False)
+    assert result.returncode != 0
+    said = [row.split(" ", 1)[1] for row in result.stderr.splitlines() if row[:2].isdigit() and row[2] == ":"]
+    errors = [row for row in said if row.startswith("error:")]
+    assert errors == [line, line]  # the stage's line, then Snakemake's display of the log
+    assert "Traceback" not in result.stderr and "DataLoader worker" not in result.stderr
+    log = workdir / "results/tiny/seed0/logs/train_base.log"
+    logged = [row.split(" ", 1)[1] for row in log.read_text().splitlines()]
+    assert [row for row in logged if row.startswith("error:")] == [line] and logged[-1] == line

@@ -17,11 +17,13 @@ from torch import nn
 
 from conftest import REPO
 
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec, decode_images
+from balanced_experts.device import resolve_device, setup_torch
 from balanced_experts.distributed import sync_batchnorm_layers
+from balanced_experts.images.decoding import decode_images, ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.models import build_model, set_learnable, train_mode
-from balanced_experts.runtime import resolve_device, setup_torch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 16}

@@ -35,3 +35,19 @@ def test_every_module_imported_anywhere_transitively_and_each_package_above_it(t
     # From a library module: its own imports, relative ones resolved from its package.
     assert library_files(f"src/{LIBRARY}/sub/c.py", str(tmp_path)) == [
         f"src/{LIBRARY}/__init__.py", f"src/{LIBRARY}/f.py"]
+
+
+def test_the_layout_page_names_every_library_module():
+    """docs/layout.md walks a newcomer through the library: a module added, renamed or
+    moved into a package is named there too."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    page = (root / "docs" / "layout.md").read_text()
+    library = page[page.index("src/balanced_experts/"):page.index("\ntests/ ")]
+    named = set(re.findall(r"\w+", library))
+    modules = {path.stem if path.is_file() else path.name
+               for path in (root / "src" / LIBRARY).iterdir()
+               if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()}
+    assert modules - named == set()

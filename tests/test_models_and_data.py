@@ -3,10 +3,12 @@ import pytest
 import torch
 from PIL import Image
 
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.faults import ArtifactError
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.models import build_model, load_model, save_checkpoint, set_learnable
-from balanced_experts.runtime import ArtifactError
 from balanced_experts.synthetic import SyntheticSpec, generate, long_tail_counts
 
 BACKBONE = {"name": "resnet_cifar8", "width": 4, "embed_dim": 8}
@@ -219,7 +221,7 @@ def test_image_cache_holds_the_decoded_pixels_memory_mapped(small_root, tmp_path
     batches from it equal those from decoding the files."""
     import torch
 
-    from balanced_experts.data import read_image_cache, write_image_cache
+    from balanced_experts.images.cache import read_image_cache, write_image_cache
 
     image_list = read_list(small_root / "train.txt")
     cache = tmp_path / "cache" / "train.npy"

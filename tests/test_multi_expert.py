@@ -262,6 +262,7 @@ def test_ride_loss_after_deferral_by_hand():
     assert loss(5)(outputs, torch.tensor(targets)).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ride_loss_trains_the_multi_expert_model():
     """A few SGD steps of RIDE's loss on a real multi-expert model lower it, and its gradient
     reaches every expert's layers."""

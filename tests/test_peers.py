@@ -216,6 +216,7 @@ def _toy_fit(tmp_path, backbone=TINY_BACKBONE, loss=None, epochs=3):
     return model, result
 
 
+@pytest.mark.slow
 def test_fit_without_a_loss_is_the_cross_entropy_loop_it_was(tmp_path):
     """The default is exactly the criterion the loop used before the hook
     (nn.CrossEntropyLoss()): the same weights, bit for bit."""
@@ -227,6 +228,7 @@ def test_fit_without_a_loss_is_the_cross_entropy_loop_it_was(tmp_path):
         (tmp_path / "explicit/metrics.csv").read_text().splitlines()[1].split(",")[:5]
 
 
+@pytest.mark.slow
 def test_fit_trains_a_peer_with_its_epoch_loss(tmp_path):
     """LDAM-DRW on the toy set: fit asks for every epoch's criterion (1..4), the first three
     plain and the last re-weighted (drw_start 0.75 of 4; the weighted loss jumps, as the

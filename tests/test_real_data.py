@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision.models import resnet152
 
 from balanced_experts.cifar import CifarArchiveError, CifarLTSpec, long_tail_selection, prepare, read_archive
-from balanced_experts.data import InputSpec
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.models import build_model
 from balanced_experts.pretrained import PretrainedWeightsError, load_trunk_weights, map_resnet_keys

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from balanced_experts.baselines import train_prior
-from balanced_experts.data import ImageSource, InputSpec
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import read_list
 from balanced_experts.metrics import per_class_accuracy
 from balanced_experts.multi_expert import build_multi_expert, mean_logits
@@ -113,6 +114,7 @@ def _constructed_case(seed: int):
     return labels, experts(evidence), views
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_aggregation_weights_move_towards_the_expert_of_the_test_distribution(seed):
     """SADE's settings (5 epochs, lr 0.1, batch 128): on forward-long-tailed test sets the
@@ -135,6 +137,7 @@ def test_aggregation_weights_move_towards_the_expert_of_the_test_distribution(se
     assert weights["backward", 50][2] > weights["backward", 2][2]
 
 
+@pytest.mark.slow
 def test_aggregation_stops_when_an_expert_is_left_under_five_percent():
     labels, _, (first, second) = _constructed_case(0)
     indices = shifted_test_sets(labels, COUNTS, 0)[0][2]  # forward 50
@@ -148,6 +151,7 @@ def test_aggregation_stops_when_an_expert_is_left_under_five_percent():
         AggregationSettings.from_config({"epoch": 3})
 
 
+@pytest.mark.slow
 def test_agnostic_shift_table_learns_on_each_drawn_set():
     labels, test, views = _constructed_case(0)
     table = agnostic_shift_table(test, [views], labels, COUNTS, seed=0)

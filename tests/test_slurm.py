@@ -73,7 +73,7 @@ def _retried_job(workdir, job_id, fields, slurm_log) -> str:
     """What a job that failed and was submitted again left: its state in slurmctld's record,
     Snakemake's line on how its program ended (``died with <Signals.SIGSEGV: 11>``), and
     the end of its earlier attempts in the job's own log (the Python stack of a native
-    crash, see balanced_experts.runtime.report_native_crashes)."""
+    crash, see balanced_experts.joblog.report_native_crashes)."""
     rule, wildcards = slurm_log.parent.parent.name.removeprefix("rule_"), slurm_log.parent.name
     text = slurm_log.read_text(errors="replace")
     said = [line.strip() for line in text.splitlines()

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from balanced_experts.data import ImageSource, InputSpec
 from balanced_experts.distributed import epoch_batches
 from balanced_experts.experts import REJECT, ExpertSettings
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import read_list, write_list
 from balanced_experts.models import load_model
 from balanced_experts.pretrained import PretrainedWeightsError

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runtime import ArtifactError, load_torch_file, save_torch_file
+from .faults import ArtifactError
+from .files import load_torch_file, save_torch_file
 
 
 @dataclass

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .files import replacing_folder
 from .lists import write_list
-from .runtime import replacing_folder
 from .synthetic import long_tail_counts
 
 # Member names inside each archive (torchvision's layout).

@@ -150,7 +150,7 @@ def image_feed(model: nn.Module, head: nn.Module, sources: dict, labels: dict[st
                eval_batch_size: int, device: torch.device) -> Feed:
     """Kang et al.'s way: ``head`` in place of ``model``'s classifier, augmented images through
     the frozen backbone every epoch. ``sources``, ``labels``: the train and val splits' image
-    sources (:class:`balanced_experts.data.ImageSource`) and labels, by split name;
+    sources (:class:`balanced_experts.images.source.ImageSource`) and labels, by split name;
     ``class_aware_order(generator)``: an epoch's training images in sampler order."""
     model.classifier = head
 

@@ -93,7 +93,7 @@ def epoch_shard(num_items: int, generator: torch.Generator, rank: int, world_siz
 
 def epoch_batches(source, targets, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1):
     """``(train_batches(generator), steps per epoch)``: one epoch of shuffled, augmented
-    batches of ``source`` (an :class:`balanced_experts.data.ImageSource`) with ``targets``.
+    batches of ``source`` (an :class:`balanced_experts.images.source.ImageSource`) with ``targets``.
 
     Under DDP the configured batch size stays the global one (same lr, same steps per
     epoch): each rank takes its share of it from its shard of the epoch (:func:`epoch_shard`).

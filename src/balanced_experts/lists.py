@@ -79,7 +79,7 @@ def read_list(path: str | Path) -> ImageList:
 
 def write_list(path: str | Path, paths: list[str], labels) -> None:
     """Write a list file atomically; a write error names it."""
-    from .runtime import replacing  # not at the top: the Snakefile imports this module, and runtime imports torch
+    from .files import replacing  # not at the top: the Snakefile imports this module, and files imports torch
 
     with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         for rel, label in zip(paths, labels):

@@ -19,8 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .device import autocast
 from .experts import REJECT
-from .runtime import ArtifactError, autocast, reading, replacing
+from .faults import ArtifactError
+from .files import reading, replacing
 
 META_KEY = b"balanced_experts"
 CARRIED_META = ("open_ratio", "prior")

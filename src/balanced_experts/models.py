@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .runtime import ArtifactError, load_torch_file, save_torch_file
+from .faults import ArtifactError
+from .files import load_torch_file, save_torch_file
 
 
 class BasicBlock(nn.Module):

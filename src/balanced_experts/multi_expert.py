@@ -42,7 +42,7 @@ from .models import (
     load_checkpoint,
     torchvision_resnet,
 )
-from .runtime import ArtifactError
+from .faults import ArtifactError
 
 EXPERT_STAGES = 2
 """The last this many backbone stages are built once per expert (RIDE's split)."""

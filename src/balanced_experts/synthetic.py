@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .files import replacing_folder
 from .lists import write_list
-from .runtime import replacing_folder
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import SPLIT_NAMES
+from .files import replacing
 from .methods import METHODS, PEER_METHODS
 from .report import ECE_BINS, METRIC_COLUMNS, mean_over_seeds
-from .runtime import replacing
 
 THE_METHOD = "experts_calibrated"
 """The method this project implements: the first row."""

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageSource, InputSpec
+from .images.source import ImageSource
+from .images.spec import InputSpec
 from .distributed import epoch_batches
 from .execution import ExecutionSettings
 from .experts import ExpertSettings, expert_training_set, expert_validation_set, output_class_ids

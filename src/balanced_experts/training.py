@@ -28,9 +28,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import autocast
 from .distributed import rank_and_world_size, sync_batchnorm_layers
+from .faults import ArtifactError
+from .files import load_torch_file, save_torch_file, writing
 from .models import resume_checkpoint_path, train_mode
-from .runtime import ArtifactError, autocast, load_torch_file, save_torch_file, writing
 
 
 SCHEDULERS = ("cosine", "step", "constant")

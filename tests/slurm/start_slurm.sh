@@ -84,6 +84,11 @@ CONF
 # it is linked to this cluster's config (and unlinked by stop_slurm.sh). A real
 # slurm.conf found there is left alone, and this script stops.
 DEFAULT_CONF=/etc/slurm/slurm.conf
+# A link left by an earlier test cluster (a run killed before stop_slurm.sh) is replaced.
+if [ -L "$DEFAULT_CONF" ] && { [ ! -e "$DEFAULT_CONF" ] \
+        || grep -qs '^ClusterName=balanced-experts-test$' "$DEFAULT_CONF"; }; then
+    rm -f "$DEFAULT_CONF"
+fi
 if [ -e "$DEFAULT_CONF" ] && [ "$(readlink "$DEFAULT_CONF")" != "$STATE_DIR/slurm.conf" ]; then
     echo "start_slurm.sh: $DEFAULT_CONF exists and is not this test cluster's; not starting" >&2
     exit 1

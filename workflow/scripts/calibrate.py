@@ -5,8 +5,10 @@ import json
 import torch
 
 from balanced_experts.calibration import expert_outputs_from_table, fit_calibration, save_calibration
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.files import writing
+from balanced_experts.joblog import get_logger
 from balanced_experts.logits import check_aligned, read_logits
-from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 
 
 def main(snakemake) -> None:

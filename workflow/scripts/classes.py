@@ -1,7 +1,9 @@
 """Stage: per-class training counts and the many/medium/few split (train list only)."""
 
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.files import writing
+from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
-from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 from balanced_experts.splits import (EmptySplitError, SplitRule, check_splits_not_empty, class_table,
                                      split_summary)
 

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.files import writing
+from balanced_experts.joblog import get_logger
 from balanced_experts.plots import comparison_plot
 from balanced_experts.report import comparison
-from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 
 
 def main(snakemake) -> None:

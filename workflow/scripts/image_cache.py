@@ -1,8 +1,10 @@
 """Stage: decode one split of a preloaded dataset once into a memory-mappable .npy array."""
 
-from balanced_experts.data import ImageFileError, write_image_cache
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.images.cache import write_image_cache
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, read_list
-from balanced_experts.runtime import exit_briefly_on, get_logger
 
 
 def main(snakemake) -> None:

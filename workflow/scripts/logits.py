@@ -2,12 +2,16 @@
 
 import numpy as np
 
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.device import resolve_device, setup_torch
 from balanced_experts.execution import ExecutionSettings
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
+from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, check_labels_in_range, read_list
 from balanced_experts.logits import model_logits_table, predict, write_logits
 from balanced_experts.models import discard_resume_checkpoint, load_model
-from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 
 
 def main(snakemake) -> None:

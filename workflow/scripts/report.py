@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.files import writing
+from balanced_experts.joblog import get_logger
 from balanced_experts.methods import GENERALIST, PROPOSED
 from balanced_experts.plots import per_class_accuracy_plot, reliability_plot, training_curves_plot
 from balanced_experts.report import build_report
-from balanced_experts.runtime import exit_briefly_on, get_logger, writing
 
 
 def main(snakemake) -> None:

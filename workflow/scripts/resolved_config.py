@@ -2,7 +2,9 @@
 
 import yaml
 
-from balanced_experts.runtime import exit_briefly_on, get_logger, writing
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.files import writing
+from balanced_experts.joblog import get_logger
 
 
 def main(snakemake) -> None:

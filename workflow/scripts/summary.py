@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from balanced_experts.runtime import exit_briefly_on, get_logger, writing
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.files import writing
+from balanced_experts.joblog import get_logger
 from balanced_experts.tables import FOLDS, summary_table, write_table
 
 

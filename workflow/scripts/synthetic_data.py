@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from balanced_experts.runtime import exit_briefly_on, get_logger
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.joblog import get_logger
 from balanced_experts.synthetic import SyntheticSpec, generate
 
 

@@ -13,13 +13,16 @@ rank 0 writes the log, metrics, epoch checkpoint and weights.
 
 import logging
 
-from balanced_experts.data import ImageFileError, InputSpec
+from balanced_experts.device import resolve_device, setup_torch
 from balanced_experts.distributed import leave_process_group, start_processes
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import ExpertSettings
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.images.spec import InputSpec
+from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ImageList, ListFormatError, check_labels_cover, read_list
 from balanced_experts.pretrained import PretrainedWeightsError
-from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.tasks import Task, base_task, expert_task, fit_task, save_weights
 from balanced_experts.training import NonFiniteLoss, TrainSettings, job_checkpoint
 

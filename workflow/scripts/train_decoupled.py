@@ -10,13 +10,17 @@ import functools
 
 import torch
 
-from balanced_experts.data import ImageFileError, ImageSource, InputSpec
+from balanced_experts.images.decoding import ImageFileError
+from balanced_experts.images.source import ImageSource
+from balanced_experts.images.spec import InputSpec
 from balanced_experts.decoupled import (DecoupledSettings, cached_feed, class_aware_indices, decoupled_head,
                                         image_feed, save_decoupled, steps_per_epoch)
+from balanced_experts.device import resolve_device, setup_torch
 from balanced_experts.execution import ExecutionSettings
+from balanced_experts.faults import exit_briefly_on
+from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, read_list
 from balanced_experts.models import load_model
-from balanced_experts.runtime import exit_briefly_on, get_logger, resolve_device, setup_torch
 from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, job_checkpoint
 
 

@@ -1,0 +1,229 @@
+"""The augmentation recipes that ``input.augment`` names, each defined once.
+
+A recipe knows every form of itself that a batch path needs (:mod:`.batches`):
+
+- :meth:`Recipe.train_transform`, :meth:`Recipe.eval_transform`: torchvision's per-image
+  transforms of PIL images, run by the DataLoader workers of the file path;
+- :meth:`Recipe.train_crop`, :meth:`Recipe.eval_crop`, :meth:`Recipe.augment_batch`: the
+  device path's form (files decoded on the job's device): one crop per image to the input
+  size, then the rest batch-wise;
+- :meth:`Recipe.augment_preloaded`: batch-wise, on preloaded images already at the input size.
+
+The device path draws from the same distributions as torchvision's transforms (each draw
+function below says which; tests/test_augment.py compares them over many draws), but from
+the job's seeded CPU generator rather than torch's global one, so that its batches are the
+same on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .spec import InputSpec
+
+# torchvision is imported where a per-image transform needs it, not here: importing it
+# costs 1.5 s per job (it pulls in torch._dynamo), and the preloaded datasets never use it.
+
+JITTER = 0.4
+"""The ImageNet recipe's ColorJitter strength, of brightness, contrast and saturation alike."""
+
+
+class Recipe:
+    """No augmentation (``none``): a training image is prepared as an evaluation image."""
+
+    name = "none"
+
+    def train_transform(self, spec: InputSpec) -> list:
+        """The per-image training transforms (torchvision v2) of a PIL image, before it becomes a tensor."""
+        return self.eval_transform(spec)
+
+    def eval_transform(self, spec: InputSpec) -> list:
+        """Every recipe's evaluation transforms: Resize(resize) + CenterCrop(size)."""
+        from torchvision.transforms import v2
+
+        return [v2.Resize(spec.eval_resize, antialias=True), v2.CenterCrop(spec.size)]
+
+    def train_crop(self, image: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+        """The device path's :meth:`train_transform` up to the input size, of one decoded
+        3 x H x W image: float 3 x size x size (0..255). The rest: :meth:`augment_batch`."""
+        return self.eval_crop(image, spec)
+
+    def eval_crop(self, image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+        """:meth:`eval_transform` on the device, of one decoded 3 x H x W image."""
+        return resize_and_center_crop(image, spec.eval_resize, spec.size)
+
+    def augment_batch(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+        """The rest of the training transform, batch-wise, on :meth:`train_crop`'s images
+        stacked and scaled to [0, 1]."""
+        return x
+
+    def augment_preloaded(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+        """The training augmentation, batch-wise, of preloaded N x 3 x size x size uint8 images."""
+        return x
+
+
+class CropFlip(Recipe):
+    """``crop_flip`` (CIFAR's): zero-pad by ``pad``, crop back at a random offset, flip half."""
+
+    name = "crop_flip"
+
+    def train_transform(self, spec):
+        from torchvision.transforms import v2
+
+        return [v2.Resize(spec.size, antialias=True), v2.CenterCrop(spec.size),
+                v2.RandomCrop(spec.size, padding=spec.pad), v2.RandomHorizontalFlip()]
+
+    def train_crop(self, image, spec, generator):
+        return resize_and_center_crop(image, spec.size, spec.size)
+
+    def augment_batch(self, x, spec, generator):
+        return _pad_crop_flip(x, spec, generator)
+
+    def augment_preloaded(self, x, spec, generator):
+        return _pad_crop_flip(x, spec, generator)
+
+
+class ImageNet(Recipe):
+    """``imagenet``: RandomResizedCrop, flip half, ColorJitter(0.4, 0.4, 0.4)."""
+
+    name = "imagenet"
+
+    def train_transform(self, spec):
+        from torchvision.transforms import v2
+
+        return [v2.RandomResizedCrop(spec.size, antialias=True), v2.RandomHorizontalFlip(),
+                v2.ColorJitter(JITTER, JITTER, JITTER)]
+
+    def train_crop(self, image, spec, generator):
+        top, left, height, width = random_resized_crop_box(*image.shape[-2:], generator)
+        return resize(image[:, top:top + height, left:left + width], (spec.size, spec.size))
+
+    def augment_batch(self, x, spec, generator):
+        return flip_and_jitter(x, *draw_flip_and_jitter(len(x), generator))
+
+    def augment_preloaded(self, x, spec, generator):
+        # Preloaded images are already at the input size, with no room for a resized crop:
+        # they are padded, cropped and flipped as crop_flip's are.
+        return _pad_crop_flip(x, spec, generator)
+
+
+AUGMENTATIONS: dict[str, Recipe] = {recipe.name: recipe for recipe in (ImageNet(), CropFlip(), Recipe())}
+"""The recipes ``input.augment`` may name, by name (the schema's enum; a test holds them equal)."""
+
+
+# -- resizing on the device ----------------------------------------------------------------
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of one 3 x H x W image to float 3 x size."""
+    return torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear",
+                                           antialias=True, align_corners=False)[0]
+
+
+def resize_and_center_crop(image: torch.Tensor, short: int, size: int) -> torch.Tensor:
+    """Resize(short) + CenterCrop(size) of one 3 x H x W image, as torchvision's (float 3 x size x size)."""
+    h, w = image.shape[-2:]
+    # Resize(short)'s output size: the long side floored, computed in torchvision's order
+    resized = resize(image, (short, int(short * w / h)) if h < w else (int(short * h / w), short))
+    # CenterCrop's offsets (rounded, not floored), so eval inputs match the PIL path.
+    top = int(round((resized.shape[1] - size) / 2))
+    left = int(round((resized.shape[2] - size) / 2))
+    return resized[:, top:top + size, left:left + size]
+
+
+# -- the random draws, and the transforms they parameterise ---------------------------------
+
+def random_resized_crop_box(h: int, w: int, generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """``(top, left, height, width)``: RandomResizedCrop's box of an h x w image, by
+    torchvision's algorithm (``RandomResizedCrop.make_params``), drawn from ``generator``."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        draws = torch.rand(4, generator=generator).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
+        cw, ch = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(draws[2] * (h - ch + 1)), int(draws[3] * (w - cw + 1)), ch, cw
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, round(w / ratio[0])
+    elif in_ratio > ratio[1]:
+        ch, cw = h, round(h * ratio[1])
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def draw_flip_and_jitter(n: int, generator, strength: float = JITTER):
+    """``(flips, factors, orders)`` of n images: RandomHorizontalFlip's (half of them) and
+    ColorJitter's: a brightness, contrast and saturation factor each uniform in
+    [1 - strength, 1 + strength], applied in a random order (``orders[i]``, a permutation of
+    0, 1, 2 as ``factors``' columns), as ``ColorJitter.make_params`` draws them."""
+    flips = torch.rand(n, generator=generator) < 0.5
+    factors = 1 + strength * (2 * torch.rand(n, 3, generator=generator) - 1)
+    orders = torch.rand(n, 3, generator=generator).argsort(1)
+    return flips, factors, orders
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    # PIL's "L" conversion (ITU-R 601-2), which the CPU path's ColorJitter of PIL images uses
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
+def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * factor).clamp_(0, 1)  # a blend with black
+
+
+def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = _gray(x).mean((2, 3), keepdim=True)  # a blend with the image's mean gray
+    return ((x - mean) * factor + mean).clamp_(0, 1)
+
+
+def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    gray = _gray(x)  # a blend with the gray image
+    return ((x - gray) * factor + gray).clamp_(0, 1)
+
+
+_ADJUSTMENTS = (_brightness, _contrast, _saturation)  # ColorJitter's, as the columns of its factors
+
+
+def flip_and_jitter(x: torch.Tensor, flips, factors, orders) -> torch.Tensor:
+    """Flip images ``flips`` and jitter their colours (:func:`draw_flip_and_jitter`'s
+    draws), batch-wise on N x 3 x H x W images in [0, 1]."""
+    x = torch.where(flips.to(x.device)[:, None, None, None], x.flip(3), x)
+    for step in range(orders.shape[1]):
+        for which, adjust in enumerate(_ADJUSTMENTS):
+            rows = torch.nonzero(orders[:, step] == which).flatten()  # on the CPU: no device sync
+            if len(rows):
+                on_device = rows.to(x.device)
+                x[on_device] = adjust(x[on_device], factors[rows, which].to(x.device)[:, None, None, None])
+    return x
+
+
+def draw_crop_flip(n: int, pad: int, generator):
+    """``(offsets, flips)`` of n images: RandomCrop's offsets (row, column) in a ``pad``-padded
+    image, each uniform in 0..2 pad, and RandomHorizontalFlip's (half of them)."""
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return offsets, flips
+
+
+def _pad_crop_flip(x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+    return crop_flip(x, spec.pad, *draw_crop_flip(len(x), spec.pad, generator))
+
+
+def crop_flip(x: torch.Tensor, pad: int, offsets, flips) -> torch.Tensor:
+    """Zero-pad by ``pad``, crop back at ``offsets`` and flip images ``flips``
+    (:func:`draw_crop_flip`'s draws), batch-wise."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = (offsets[:, 0, None] + torch.arange(h)).to(x.device)  # n x h
+    cols = (offsets[:, 1, None] + torch.arange(w)).to(x.device)  # n x w
+    cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # n x h x w x c
+    return out.permute(0, 3, 1, 2).contiguous()
