@@ -141,8 +141,8 @@ def test_variant_of_one_peer_plans_only_that_peers_chain(tiny_run, tmp_path):
 
 
 def test_switching_a_peer_off_trains_nothing_and_drops_its_row(tiny_run, tmp_path):
-    workdir, planned = edited_copy(tiny_run, tmp_path / "run", lambda tiny: tiny.update(
-        peers={"balanced_softmax": {"enabled": False}}))
+    workdir, planned = edited_copy(tiny_run, tmp_path / "run",
+                                   lambda tiny: tiny["peers"].update(balanced_softmax={"enabled": False}))
     assert planned == {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny"),
                        ("resolved_config", "setting=tiny"), ("summary", "")}
     snakemake(workdir, "--cores", "2")
