@@ -141,7 +141,7 @@ def _template_regex(template: str) -> re.Pattern:
 
 @pytest.mark.slow
 def test_every_file_a_job_writes_is_a_template_and_every_template_is_written(planned):
-    folders = (paths.DATASET, paths.SETTING, paths.REPLICATE)
+    folders = (paths.RESULTS, paths.DATASET, paths.SETTING, paths.REPLICATE)
     files = {name: value for name, value in vars(paths).items() if name.isupper() and value not in folders
              and name != "DATA"}  # DATA: the folder the list files' paths start from
     templates = [*files.values(), *(f(folder, "{job}") for folder in folders for f in (paths.log, paths.benchmark))]

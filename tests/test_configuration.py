@@ -9,6 +9,7 @@ import yaml
 from balanced_experts.configuration import (config_problem, deep_merge, resolve_dataset, resolve_settings,
                                             resolve_variant)
 from balanced_experts.experiments import MODELS, STAGES, Experiments, replicate_seed
+from balanced_experts.methods import PEER_METHODS
 from conftest import REPO, TINY_DATASET, tiny_config
 
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -89,6 +90,12 @@ def _problem(edit) -> str:
      "defaults.seeds.1: '1' is a str; expected integer"),
     (lambda c: c["datasets"]["tiny"]["experts"].pop("few"),
      "datasets.tiny.experts: missing required key 'few'"),
+    (lambda c: c["datasets"]["tiny"].update(variants={"v": {"peers": {"ldam_drw": {"drw_start": 1.5}}}}),
+     "datasets.tiny.variants.v.peers.ldam_drw.drw_start: 1.5 is out of range; must be <= 1"),
+    (lambda c: c.update(defaults={"peers": {"focal": {"enabled": True}}}),
+     "defaults.peers: unknown key 'focal'; allowed: balanced_softmax, ldam_drw"),
+    (lambda c: c.update(summary={"datasets": ["tiny", "places"]}),
+     "summary.datasets: 'places' is not a dataset; allowed: tiny"),
 ])
 def test_problems_name_the_layer_that_set_the_key(edit, expected):
     assert _problem(edit).startswith(expected)
@@ -135,6 +142,7 @@ def _owners(variant: dict) -> dict[tuple[str, str | None], str]:
     jobs = [("classes", None), ("image_cache", None), ("train_base", None),
             *[("train_decoupled", m) for m in ("crt", "lws")],
             *[("train_expert", e) for e in ("many", "medium", "few")],
+            *[("train_peer", p) for p in PEER_METHODS],
             *[("logits", m) for m in MODELS], ("calibrate", None)]
     assert {stage for stage, _ in jobs} == set(STAGES)
     return {job: experiments.owner("tiny/variants/v", job[0], 1, job[1]) for job in jobs}
@@ -149,6 +157,11 @@ def test_variant_shares_every_stage_it_does_not_change():
         ("train_expert", "few"), ("logits", "few"), ("calibrate", None)}
     assert _own(_owners({"calibration": {"max_iter": 3}})) == {("calibrate", None)}
     assert _own(_owners({"crt": {"lr": 0.5}})) == {("train_decoupled", "crt"), ("logits", "crt")}
+    # One peer's setting: that peer alone; the base recipe: the base model and every peer.
+    assert _own(_owners({"peers": {"ldam_drw": {"scale": 16}}})) == {("train_peer", "ldam_drw"),
+                                                                     ("logits", "ldam_drw")}
+    owners = _owners({"base": {"lr": 0.01}})
+    assert _own(owners) == set(owners) - {("classes", None), ("image_cache", None)}
     # New class splits: new experts on the shared base model.
     assert _own(_owners({"class_splits": {"many_threshold": 20}})) == {
         ("classes", None), *[(s, e) for e in ("many", "medium", "few") for s in ("train_expert", "logits")],

@@ -19,12 +19,14 @@ from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import REJECT_SAMPLINGS, ExpertSettings
 from balanced_experts.images.augment import AUGMENTATIONS
 from balanced_experts.images.spec import InputSpec
-from balanced_experts.methods import METHODS, PROPOSED
+from balanced_experts.methods import METHODS, PEER_METHODS, PEER_SWITCH, PROPOSED
 from balanced_experts.models import BACKBONES, FROZEN_BN_MODES, LongTailNet, build_model
+from balanced_experts.peers import PEERS, default_config
 from balanced_experts.plots import METHOD_STYLES
 from balanced_experts.pretrained import FORMATS
 from balanced_experts.splits import SplitRule
 from balanced_experts.synthetic import SyntheticSpec
+from balanced_experts.tables import FOLDS
 from balanced_experts.training import SCHEDULERS, TrainSettings, make_scheduler
 from conftest import REPO
 
@@ -71,7 +73,7 @@ def _section(path):
 
 
 def test_every_defaults_section_has_its_readers():
-    assert set(DEFAULTS) == {path[0] for path in READERS} | {"seeds"}
+    assert set(DEFAULTS) == {path[0] for path in READERS} | {"seeds", "peers"}
     assert set(DEFAULTS["experts"]) == set(SPLIT_NAMES)
     assert DEFAULTS["seeds"] == DEFAULT_SEEDS  # a dataset that sets no seeds, without `defaults`
 
@@ -90,6 +92,22 @@ def test_config_yaml_sets_a_default_the_code_does_not_contradict(path):
             assert default in (inspect.Parameter.empty, None, value), (
                 f"defaults.{'.'.join(path)}.{key} is {value!r}, {reader.__name__}'s default {default!r}")
     assert _required(*readers) <= set(section)
+
+
+def test_peer_defaults_are_the_registrys_and_the_schema_names_their_keys():
+    """defaults.peers is peers.default_config() (every peer on, at its paper's settings); the
+    schema has a section per peer with its switch and exactly its settings' fields."""
+    assert DEFAULTS["peers"] == default_config()
+    assert list(PEERS) == list(PEER_METHODS)
+    schema = DATASET["peers"]["properties"]
+    assert list(schema) == list(PEERS)
+    for name, peer in PEERS.items():
+        assert set(schema[name]["properties"]) == {PEER_SWITCH} | set(_parameters(peer)), name
+
+
+def test_the_summary_columns_are_the_tables_folds():
+    column = SCHEMA["properties"]["summary"]["properties"]["columns"]["items"]
+    assert column["enum"] == list(FOLDS) == CONFIG["summary"]["columns"]  # config.yaml shows the default
 
 
 def test_execution_defaults_are_those_config_yaml_shows():

@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from balanced_experts.experiments import MODELS
-from balanced_experts.methods import METHODS
+from balanced_experts.methods import METHODS, PEER_METHODS
 from balanced_experts.report import REPORT_COLUMNS
-from conftest import edited_copy
+from conftest import edited_copy, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,7 @@ def replicate_jobs(setting: str, seed: int) -> set[tuple[str, str]]:
     return ({("train_base", where), ("calibrate", where), ("report", where)}
             | {("train_decoupled", f"{where}, method={m}") for m in ("crt", "lws")}
             | {("train_expert", f"{where}, expert={e}") for e in ("many", "medium", "few")}
+            | {("train_peer", f"{where}, peer={p}") for p in PEER_METHODS}
             | {("logits", f"{where}, model={m}, split={s}") for m in MODELS for s in ("train", "val", "test")})
 
 
@@ -32,7 +33,7 @@ def replicate_jobs(setting: str, seed: int) -> set[tuple[str, str]]:
 def test_adding_a_seed_plans_only_that_seeds_jobs(two_seeds):
     _, planned = two_seeds
     assert planned == replicate_jobs("tiny", 1) | {("aggregate", "setting=tiny"),
-                                                    ("resolved_config", "setting=tiny")}
+                                                    ("resolved_config", "setting=tiny"), ("summary", "")}
 
 
 def test_report_is_the_mean_and_std_over_the_seeds(two_seeds, tiny_run):
@@ -74,7 +75,7 @@ def test_replicates_draw_from_derived_seeds(two_seeds):
 def test_removing_a_seed_retrains_nothing(two_seeds, tmp_path):
     workdir, _ = two_seeds
     _, planned = edited_copy(workdir, tmp_path / "run", lambda tiny: tiny.update(seeds=[1]))
-    assert planned == {("aggregate", "setting=tiny"), ("resolved_config", "setting=tiny")}
+    assert planned == {("aggregate", "setting=tiny"), ("resolved_config", "setting=tiny"), ("summary", "")}
 
 
 # -- variants (conftest's variant_run: the tiny run with a variant of the few-shot expert) ---
@@ -121,3 +122,34 @@ def test_variant_differs_from_the_main_settings_only_through_its_expert(variant_
     assert variant_config["experts"]["few"]["lr"] == 0.03
     variant_config["experts"]["few"]["lr"] = main_config["experts"]["few"]["lr"]
     assert variant_config == main_config
+
+
+def test_variant_of_one_peer_plans_only_that_peers_chain(tiny_run, tmp_path):
+    """A variant that changes only LDAM-DRW's scale trains and scores LDAM-DRW alone; every
+    other model, the calibration among them, is the main settings'."""
+    _, planned = edited_copy(tiny_run, tmp_path / "run", lambda tiny: tiny.update(
+        variants={"scale16": {"peers": {"ldam_drw": {"scale": 16}}}}))
+    where = "setting=tiny/variants/scale16, seed=0"
+    assert planned == {
+        ("train_peer", f"{where}, peer=ldam_drw"),
+        *{("logits", f"{where}, model=ldam_drw, split={split}") for split in ("train", "val", "test")},
+        ("report", where),
+        ("aggregate", "setting=tiny/variants/scale16"),
+        ("resolved_config", "setting=tiny/variants/scale16"),
+        ("compare", "dataset=tiny"),
+    }
+
+
+def test_switching_a_peer_off_trains_nothing_and_drops_its_row(tiny_run, tmp_path):
+    workdir, planned = edited_copy(tiny_run, tmp_path / "run",
+                                   lambda tiny: tiny["peers"].update(balanced_softmax={"enabled": False}))
+    assert planned == {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny"),
+                       ("resolved_config", "setting=tiny"), ("summary", "")}
+    snakemake(workdir, "--cores", "2")
+    report = pd.read_csv(workdir / "results/tiny/report.csv")
+    assert report["method"].tolist() == [m for m in METHODS if m != "balanced_softmax"]
+    shift = pd.read_csv(workdir / "results/tiny/test_shift.csv")
+    assert "balanced_softmax" not in set(shift["method"]) and "ldam_drw" in set(shift["method"])
+    # The other rows are the run's with the peer on.
+    before = pd.read_csv(tiny_run / "results/tiny/report.csv").set_index("method")
+    pd.testing.assert_frame_equal(report.set_index("method"), before.drop(index="balanced_softmax"))

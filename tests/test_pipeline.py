@@ -1,7 +1,9 @@
 """The whole DAG through real Snakemake on the tiny config: outputs, logs, and rerun sets."""
 
 import os
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,14 +11,14 @@ import pytest
 import yaml
 
 from balanced_experts import methods
+from balanced_experts.experiments import EXPERTS, MODELS
 from balanced_experts.logits import read_logits
 from balanced_experts.report import REPORT_COLUMNS
 from conftest import planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
-MODELS = ("base", "many", "medium", "few", "crt", "lws")
-METHODS = list(methods.METHODS)
+METHODS = list(methods.METHODS)  # the tiny config runs every peer
 SPLITS = ("train", "val", "test")
 
 
@@ -52,7 +54,7 @@ def test_logits_of_every_model_and_split_are_aligned(tiny_run):
         for model, table in tables.items():
             assert np.array_equal(table.sample_ids, tables["base"].sample_ids)
             assert np.array_equal(table.labels, tables["base"].labels)
-            if model in ("base", "crt", "lws"):
+            if model not in EXPERTS:
                 assert table.output_class_ids.tolist() == list(range(len(classes)))
             else:
                 expected = classes.loc[classes["split"] == model, "class_id"].tolist()
@@ -110,6 +112,7 @@ def test_editing_one_expert_reruns_only_its_chain(edited_run):
         ("calibrate", "setting=tiny, seed=0"),
         ("report", "setting=tiny, seed=0"),
         ("aggregate", "setting=tiny"),
+        ("summary", ""),
         ("resolved_config", "setting=tiny"),  # it records the edited setting
     }
 
@@ -142,6 +145,38 @@ def test_decoupled_classifiers_keep_the_base_representation(tiny_run):
     assert "4 images per class in a row" in (tiny_run / "results/tiny/seed0/logs/train_lws.log").read_text()
 
 
+def test_peers_train_on_the_base_recipe_and_carry_their_prior(tiny_run):
+    """Each peer trains for the base model's epochs with its own head (LDAM-DRW's cosine
+    classifier at its scale); its weights' metadata and its logits carry the prior of the epoch
+    kept, which the shift table's adapted column assumes."""
+    import torch
+
+    from balanced_experts.models import CosineClassifier, load_model
+    from balanced_experts.peers import peer_settings
+
+    config = tiny_config()["datasets"]["tiny"]
+    results = tiny_run / "results/tiny/seed0"
+    counts = pd.read_csv(tiny_run / "results/tiny/classes.csv")["train_count"].to_numpy()
+    base, _ = load_model(results / "models/base/weights.pt")
+    shift = pd.read_csv(results / "test_shift.csv").set_index(["method", "distribution", "imbalance"])
+    heads = {"balanced_softmax": torch.nn.Linear, "ldam_drw": CosineClassifier}
+    assert set(heads) == set(methods.PEER_METHODS)
+    for name, head in heads.items():
+        peer = peer_settings(name, config.get("peers", {}).get(name))
+        model, meta = load_model(results / f"models/{name}/weights.pt")
+        assert meta["model"] == name and meta["backbone"] == peer.backbone(config["backbone"])
+        assert type(model.classifier) is head
+        assert len(pd.read_csv(results / f"models/{name}/metrics.csv")) == config["base"]["epochs"]
+        assert not torch.equal(model.fc.weight, base.fc.weight)
+        np.testing.assert_allclose(meta["prior"], peer.prior(counts, meta["best_epoch"], config["base"]["epochs"]))
+        assert read_logits(results / f"logits/{name}/test.parquet").meta["prior"] == meta["prior"]
+        # Adapted to the uniform test prior from a uniform prior: the plain predictions.
+        if np.allclose(meta["prior"], 1 / len(counts)):
+            row = shift.loc[(name, "uniform", 1)]
+            assert row["accuracy_adapted"] == row["accuracy"]
+    assert model.classifier.scale == peer.scale
+
+
 def test_cached_features_rerun_only_the_crt_chain(edited_run):
     """The documented fast path (features computed once): editing crt reruns its chain only."""
     from balanced_experts.models import load_checkpoint
@@ -156,6 +191,7 @@ def test_cached_features_rerun_only_the_crt_chain(edited_run):
         ("logits", "setting=tiny, seed=0, model=crt, split=test"),
         ("report", "setting=tiny, seed=0"),
         ("aggregate", "setting=tiny"),
+        ("summary", ""),
         ("resolved_config", "setting=tiny"),
     }
     snakemake(edited_run, "--cores", "1", "results/tiny/seed0/models/crt/weights.pt")
@@ -230,8 +266,9 @@ def test_shifted_test_distributions(tiny_run):
 def test_editing_the_report_script_reruns_only_the_report(edited_run):
     script = edited_run / "workflow/scripts/report.py"
     script.write_text(script.read_text() + "\n# an edit\n")
-    # The replicate's report, and the mean over the seeds that reads it.
-    assert planned_jobs(edited_run) == {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny")}
+    # The replicate's report, the mean over the seeds that reads it, and the summary table.
+    assert planned_jobs(edited_run) == {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny"),
+                                        ("summary", "")}
 
 
 def test_editing_a_library_module_reruns_every_stage_that_runs_it(edited_run):
@@ -244,6 +281,7 @@ def test_editing_a_library_module_reruns_every_stage_that_runs_it(edited_run):
         ("train_base", "setting=tiny, seed=0"),
         *{("train_expert", f"setting=tiny, seed=0, expert={e}") for e in ("many", "medium", "few")},
         *{("train_decoupled", f"setting=tiny, seed=0, method={m}") for m in ("crt", "lws")},
+        *{("train_peer", f"setting=tiny, seed=0, peer={p}") for p in methods.PEER_METHODS},
     }
     assert not {rule for rule, _ in jobs} & {"synthetic_data", "classes", "image_cache", "resolved_config"}
 
@@ -285,3 +323,32 @@ def test_jobs_read_the_decoded_cache_not_the_images(edited_run):
     jobs = planned_jobs(edited_run)
     assert {("logits", f"setting=tiny, seed=0, model={m}, split=test") for m in MODELS} <= jobs
     assert not any(rule.startswith("train") or rule == "image_cache" for rule, _ in jobs)
+
+
+def test_paper_tables_of_the_run(tiny_run, tmp_path):
+    """report.md / report.tex are the setting's table of its per-seed rows; results/summary.md
+    and .tex the default datasets' (here the tiny one) side by side; both compile."""
+    import shutil
+    import subprocess
+
+    from balanced_experts.tables import FOLDS, method_groups, setting_table, summary_table
+
+    results = tiny_run / "results"
+    rows = pd.read_csv(results / "tiny/report_seeds.csv")
+    table = setting_table(rows, "tiny")
+    assert (results / "tiny/report.md").read_text() == table.markdown()
+    assert (results / "tiny/report.tex").read_text() == table.latex()
+    listed = re.findall(r"(?m)^\| `(\w+)` \|", table.markdown())
+    assert listed == [m for group in method_groups(METHODS) for m in group]  # the peers last
+    summary = summary_table({"tiny": rows}, FOLDS)
+    assert (results / "summary.md").read_text() == summary.markdown()
+    assert (results / "summary.tex").read_text() == summary.latex()
+    if shutil.which("pdflatex") is None:
+        pytest.skip("no pdflatex (Debian: texlive-latex-recommended)")
+    for name in ("tiny/report.tex", "summary.tex"):
+        shutil.copy(results / name, tmp_path / Path(name).name)
+    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                        "\\input{report.tex}\n\\input{summary.tex}\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from balanced_experts.peers import PEERS
-from balanced_experts.report import METHODS, METRIC_COLUMNS
+from balanced_experts.methods import METHODS, PEER_METHODS
+from balanced_experts.report import METRIC_COLUMNS
 from balanced_experts.tables import (FOLDS, latex_escape, method_groups, setting_block, setting_table,
                                      summary_table, write_table)
 
@@ -91,11 +91,11 @@ def test_one_seed_marks_nothing_and_says_so():
 
 
 def test_row_order_derives_from_the_report_and_peer_registries():
-    groups = method_groups([*METHODS, *PEERS])
+    groups = method_groups(list(METHODS))
     assert groups == [["experts_calibrated"], ["experts_prior", "experts_naive", "oracle"],
                       ["base", "base_logit_adjusted", "base_tau_norm", "base_crt", "base_lws"],
-                      list(PEERS)]
-    assert sorted(m for group in groups for m in group) == sorted([*METHODS, *PEERS])
+                      list(PEER_METHODS)]
+    assert sorted(m for group in groups for m in group) == sorted(METHODS)
     assert method_groups(["ldam_drw", "base"]) == [["base"], ["ldam_drw"]]
     with pytest.raises(ValueError, match=r"methods \['ride'\] have no place in the table"):
         method_groups(["base", "ride"])

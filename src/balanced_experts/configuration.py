@@ -263,9 +263,11 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     if problems:
         return problems
     datasets, defaults = config["datasets"], config.get("defaults") or {}
-    for name in config.get("default_datasets", []):
-        if name not in datasets:
-            problems.append(f"default_datasets: {name!r} is not a dataset; allowed: {', '.join(datasets)}")
+    for key, names in (("default_datasets", config.get("default_datasets", [])),
+                       ("summary.datasets", (config.get("summary") or {}).get("datasets", []))):
+        for name in names:
+            if name not in datasets:
+                problems.append(f"{key}: {name!r} is not a dataset; allowed: {', '.join(datasets)}")
     if "variants" in defaults:
         problems.append("defaults.variants: variants belong to a dataset (datasets.<name>.variants)")
     for name in datasets:

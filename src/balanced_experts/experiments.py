@@ -22,13 +22,15 @@ from typing import Callable
 
 from . import DECOUPLED_METHODS, SPLIT_NAMES
 from .configuration import parse_setting, resolve_settings
+from .methods import PEER_METHODS, enabled_peers
 
 EXPERTS = SPLIT_NAMES
 """One expert per class split."""
 
-MODELS = ("base", *EXPERTS, *DECOUPLED_METHODS)
-"""Every model whose logits are written: the base model, the experts, the decoupled
-classifiers (cRT, LWS)."""
+MODELS = ("base", *EXPERTS, *DECOUPLED_METHODS, *PEER_METHODS)
+"""Every model whose logits may be written: the base model, the experts, the decoupled
+classifiers (cRT, LWS) and the peers. A setting runs those of :meth:`Experiments.models`:
+every one but the peers its config switches off."""
 
 SEED_STRIDE = 1000
 
@@ -44,6 +46,8 @@ def training_stage(model: str) -> tuple[str, str | None]:
         return "train_expert", model
     if model in DECOUPLED_METHODS:
         return "train_decoupled", model
+    if model in PEER_METHODS:
+        return "train_peer", model
     return f"train_{model}", None
 
 
@@ -51,8 +55,8 @@ def training_stage(model: str) -> tuple[str, str | None]:
 class Stage:
     """What one stage reads from its setting's config and from other stages.
 
-    ``slices``: rule param name -> config key path ("{key}" stands for the job's expert or
-    decoupled method);
+    ``slices``: rule param name -> config key path ("{key}" stands for the job's expert,
+    decoupled method or peer);
     ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads
     (tests/test_artifacts.py holds it against the rules' inputs);
     ``trains``: its ``train`` slice's ``seed`` is derived from the replicate.
@@ -76,14 +80,18 @@ STAGES: dict[str, Stage] = {
                           trains=True),
     "train_decoupled": Stage({"train": ("{key}",), "input": ("input",)},
                              lambda key: [("image_cache", None), ("train_base", None)], trains=True),
+    # A peer: the base model's recipe, backbone and input, with its own loss and head.
+    "train_peer": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",),
+                         "peer": ("peers", "{key}")},
+                        lambda key: [("image_cache", None)], trains=True),
     "logits": Stage({"input": ("input",)}, lambda model: [("image_cache", None), training_stage(model)]),
     "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS]),
 }
 
 
-KEY_WILDCARDS = ("expert", "model", "method")
-"""The wildcards that name a stage job's key ("{key}" in its slices): its expert, model or
-decoupled method. A job has at most one."""
+KEY_WILDCARDS = ("expert", "model", "method", "peer")
+"""The wildcards that name a stage job's key ("{key}" in its slices): its expert, model,
+decoupled method or peer. A job has at most one."""
 
 
 def job_key(wildcards) -> str | None:
@@ -121,6 +129,14 @@ class Experiments:
 
     def seeds(self, setting: str) -> list[int]:
         return list(self.settings[setting]["seeds"])
+
+    def peers(self, setting: str) -> list[str]:
+        """The peers ``setting`` switches on (``peers.<name>.enabled``), in report order."""
+        return enabled_peers(self.settings[setting].get("peers"))
+
+    def models(self, setting: str) -> list[str]:
+        """The models ``setting`` trains and scores: :data:`MODELS` but the peers it switches off."""
+        return [m for m in MODELS if m not in PEER_METHODS or m in self.peers(setting)]
 
     def params(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> dict:
         """The params of ``stage``'s job for ``setting``, replicate ``seed`` and ``key`` (its

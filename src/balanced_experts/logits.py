@@ -3,8 +3,9 @@
 Columns: ``sample_id`` (position in the split's list file), ``path``, ``label`` (global
 class id), then one float32 column per model output named ``logit_<class id>`` and, for
 an expert, ``logit_reject``. The schema metadata key ``balanced_experts`` holds JSON with
-the model name, the split, ``output_class_ids`` (reject = -1), ``num_classes`` and, for an
-expert, its ``open_ratio``. Rows of every model on a split are in the same order.
+the model name, the split, ``output_class_ids`` (reject = -1), ``num_classes``, for an
+expert its ``open_ratio`` and for a peer its ``prior`` (the class prior its probabilities
+carry, from its weights). Rows of every model on a split are in the same order.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .faults import ArtifactError
 from .files import reading, replacing
 
 META_KEY = b"balanced_experts"
+CARRIED_META = ("open_ratio", "prior")
+"""What a logits file carries of its model's weights' metadata, where the model has it."""
 
 
 @dataclass
@@ -60,7 +63,7 @@ def model_logits_table(logits: np.ndarray, image_list, model: str, split: str, w
         paths=image_list.paths,
         output_class_ids=np.asarray(weights_meta["output_class_ids"]),
         meta={"model": model, "split": split, "num_classes": weights_meta["num_classes"],
-              **({"open_ratio": weights_meta["open_ratio"]} if "open_ratio" in weights_meta else {})},
+              **{key: weights_meta[key] for key in CARRIED_META if key in weights_meta}},
     )
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from string import Formatter
 
-DATASET = "results/{dataset}"
+RESULTS = "results"
+"""Every result's folder: what spans several datasets (the summary table)."""
+
+DATASET = RESULTS + "/{dataset}"
 """A dataset's folder: its prepared data and the comparison of its settings (the same folder
 as its main settings')."""
 
-SETTING = "results/{setting}"
+SETTING = RESULTS + "/{setting}"
 """A setting's folder: what no replicate changes (class splits, image caches) and the report
 over the seeds."""
 
@@ -66,6 +69,9 @@ REPLICATE_TRAINING_PLOT = REPLICATE + "/plots/training_curves.png"
 # -- a setting's report over its seeds ------------------------------------------------------
 REPORT = SETTING + "/report.csv"
 REPORT_SEEDS = SETTING + "/report_seeds.csv"
+REPORT_MD = SETTING + "/report.md"
+"""The report as a paper's table (Markdown; mean ± std over the seeds), and as LaTeX:"""
+REPORT_TEX = SETTING + "/report.tex"
 PER_CLASS = SETTING + "/per_class.csv"
 SPLIT_COUNTS = SETTING + "/split_counts.csv"
 TEST_SHIFT = SETTING + "/test_shift.csv"
@@ -79,6 +85,10 @@ TEST_SHIFT_PLOT = SETTING + "/plots/test_shift.png"
 # -- a dataset's settings side by side ------------------------------------------------------
 COMPARISON = DATASET + "/comparison.csv"
 COMPARISON_PLOT = DATASET + "/plots/comparison.png"
+
+# -- several datasets side by side -----------------------------------------------------------
+SUMMARY_MD = RESULTS + "/summary.md"
+SUMMARY_TEX = RESULTS + "/summary.tex"
 
 
 def fields(template: str) -> list[str]:

@@ -24,7 +24,7 @@ The two peers:
   ``(1 - beta) / (1 - beta^n_c)`` (Cui et al., CVPR 2019), the weights normalised to sum to
   the number of classes. Test time: the scaled cosines, no margin.
 
-docs/peers.md states what the papers leave out, what their code does, and where this
+docs/METHOD.md (Peers) states what the papers leave out, what their code does, and where this
 implementation deviates.
 """
 
@@ -41,14 +41,11 @@ import torch
 from torch import nn
 
 from .baselines import log_prior, train_prior
+from .methods import PEER_SWITCH
 from .training import Criterion
 
 EpochLoss = Callable[[int], Criterion]
 """``loss(epoch)``: the criterion of each epoch (1, 2, ...), as fit's ``loss`` takes it."""
-
-SWITCH = "enabled"
-"""The key of a peer's config section that switches it on or off (not a hyperparameter)."""
-
 
 def checked_counts(train_counts) -> np.ndarray:
     counts = np.asarray(train_counts, dtype=np.float64)
@@ -106,20 +103,20 @@ def deferred_epochs(epochs: int, fraction: float) -> int:
 
 @dataclass(frozen=True)
 class Peer(ABC):
-    """A peer method; its fields are its hyperparameters, the defaults its paper's."""
+    """A peer method; its fields are its hyperparameters, the defaults its paper's (its
+    report row's description: balanced_experts.methods.PEER_METHODS)."""
 
-    description: ClassVar[str]  # the report's line about its row
     classifier: ClassVar[str]  # its model's head: one of models.CLASSIFIERS
 
     @classmethod
     def from_config(cls, cfg: dict | None, key: str) -> "Peer":
         """The settings of a ``peers.<name>`` config section (``key`` names it in errors);
         unset keys take the paper's defaults and ``enabled`` is left to the caller."""
-        cfg = {k: v for k, v in (cfg or {}).items() if k != SWITCH}
+        cfg = {k: v for k, v in (cfg or {}).items() if k != PEER_SWITCH}
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(cfg) - set(known))
         if unknown:
-            raise ValueError(f"{key}: unknown key {', '.join(unknown)}; known: {', '.join([SWITCH, *known])}")
+            raise ValueError(f"{key}: unknown key {', '.join(unknown)}; known: {', '.join([PEER_SWITCH, *known])}")
         return cls(**cfg)
 
     def backbone(self, backbone_cfg: dict) -> dict:
@@ -142,8 +139,6 @@ class Peer(ABC):
 class BalancedSoftmax(Peer):
     """Balanced Softmax: no hyperparameters."""
 
-    description: ClassVar[str] = ("softmax cross-entropy on logits + log(train prior), plain logits at test "
-                                  "time (Balanced Softmax, Ren et al. 2020)")
     classifier: ClassVar[str] = "linear"
 
     def loss(self, train_counts, epochs: int, device: torch.device | str = "cpu") -> EpochLoss:
@@ -162,8 +157,6 @@ class BalancedSoftmax(Peer):
 class LdamDrw(Peer):
     """LDAM-DRW, at the defaults of Cao et al.'s code (cifar_train.py)."""
 
-    description: ClassVar[str] = ("cosine classifier, label-distribution-aware margins, class-balanced "
-                                  "re-weighting deferred to the last epochs (LDAM-DRW, Cao et al. 2019)")
     classifier: ClassVar[str] = "cosine"
 
     max_margin: float = 0.5  # the largest (rarest class's) margin, on the cosine
@@ -216,16 +209,7 @@ PEERS: dict[str, type[Peer]] = {"balanced_softmax": BalancedSoftmax, "ldam_drw":
 def default_config() -> dict:
     """The ``peers`` section of the config's ``defaults``: every peer on, at its paper's
     hyperparameters."""
-    return {name: {SWITCH: True, **asdict(peer())} for name, peer in PEERS.items()}
-
-
-def enabled_peers(section: dict | None) -> list[str]:
-    """The peers a setting's ``peers`` section switches on, in :data:`PEERS` order."""
-    section = section or {}
-    unknown = sorted(set(section) - set(PEERS))
-    if unknown:
-        raise ValueError(f"peers: unknown peer {', '.join(unknown)}; known: {', '.join(PEERS)}")
-    return [name for name in PEERS if (section.get(name) or {}).get(SWITCH, True)]
+    return {name: {PEER_SWITCH: True, **asdict(peer())} for name, peer in PEERS.items()}
 
 
 def peer_settings(name: str, section: dict | None) -> Peer:

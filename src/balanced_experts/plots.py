@@ -26,6 +26,8 @@ METHOD_STYLES = {
     "base_lws": ("#8c564b", "P"),
     "experts_naive": ("#ff9896", "x"),
     "experts_calibrated": ("#d62728", "D"),
+    "balanced_softmax": ("#1f77b4", "h"),
+    "ldam_drw": ("#e377c2", "*"),
 }
 
 

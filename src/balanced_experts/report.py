@@ -1,5 +1,5 @@
 """The report: test accuracy (four-fold), ECE and NLL of the base model, its post-hoc and
-re-trained baselines, and the fused experts; per-class accuracies and test predictions."""
+re-trained baselines, the fused experts and the peers; per-class accuracies and test predictions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
                           oracle_predictions, read_calibration)
 from .logits import check_aligned, read_logits
-from .methods import METHODS
+from .methods import METHODS, PEER_METHODS
 from .metrics import (expected_calibration_error, four_fold_accuracy, negative_log_likelihood,
                       per_class_accuracy)
 from .models import load_checkpoint
@@ -36,16 +36,17 @@ class Report:
 
 
 def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logits: list, expert_logits: list,
-                 calibration) -> Report:
+                 calibration, peer_logits: list = ()) -> Report:
     """``decoupled_logits``: test logits of the decoupled classifiers (rows ``base_<model>``);
-    ``expert_logits``: test logits of the experts."""
+    ``expert_logits``: test logits of the experts; ``peer_logits``: test logits of the peers
+    the setting runs (a row each, of the peer's name)."""
     classes = read_class_table(classes_csv)
     class_split = classes["split"].to_numpy()
     train_counts = classes["train_count"].to_numpy()
     num_classes = len(classes)
 
     test = {"base": read_logits(base_test)}
-    for path in list(decoupled_logits) + list(expert_logits):
+    for path in [*decoupled_logits, *expert_logits, *peer_logits]:
         table = read_logits(path)
         test[table.meta["model"]] = table
     check_aligned(test)
@@ -79,10 +80,12 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
         "base_tau_norm": softmax(tau_normalised(test["base"].logits, weight, bias, tn_tau)),
         **{f"base_{name}": softmax(test[name].logits) for name in DECOUPLED_METHODS},
         **{name: log_p.exp().double().numpy() for name, log_p in fused.items()},
+        **{name: softmax(test[name].logits) for name in PEER_METHODS if name in test},
     }
+    methods = [m for m in METHODS if m in probabilities or m == "oracle"]  # the peers it runs
 
     rows, per_class, predictions = [], {}, {"sample_id": test["base"].sample_ids, "label": labels}
-    for method in METHODS:
+    for method in methods:
         if method == "oracle":
             pred, probs = oracle, None
         else:
@@ -97,10 +100,11 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
         predictions[f"conf_{method}"] = probs.max(1) if probs is not None else np.full(len(labels), np.nan)
 
     # Accuracy under forward / backward long-tailed test distributions, plain and re-targeted
-    # to the known test prior from the prior each method's probabilities carry.
-    test_shift = shift_table(
-        probabilities, {m: assumed_prior(m, train_counts, class_split, la_tau) for m in probabilities},
-        labels, train_counts)
+    # to the known test prior from the prior each method's probabilities carry (a peer's:
+    # its weights', which its logits carry).
+    priors = {m: np.asarray(test[m].meta["prior"]) if m in PEER_METHODS
+              else assumed_prior(m, train_counts, class_split, la_tau) for m in probabilities}
+    test_shift = shift_table(probabilities, priors, labels, train_counts)
 
     return Report(
         summary=pd.DataFrame(rows, columns=REPORT_COLUMNS),
@@ -110,7 +114,7 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
         test_shift=test_shift,
         info={"logit_adjustment_tau": la_tau, "logit_adjustment_val_acc": la_val,
               "tau_norm_tau": tn_tau, "tau_norm_val_acc": tn_val, "ece_bins": ECE_BINS,
-              "methods": METHODS},
+              "methods": {m: METHODS[m] for m in methods}},
     )
 
 

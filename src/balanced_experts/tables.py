@@ -7,7 +7,7 @@ each setting's columns).
 
 Rows, in groups: the method (``experts_calibrated``); its ablations (the other fusions of
 the experts, the most complete first, then the oracle, an upper bound); the baselines on
-the base model (the report's order); the peers (:data:`balanced_experts.peers.PEERS`).
+the base model (the report's order); the peers (:data:`balanced_experts.methods.PEER_METHODS`).
 
 Marking rule: a column's best cell is set in bold only if it is better than every other
 ranked row on every seed, paired by seed (so it is also the best on the mean). Higher is
@@ -27,8 +27,8 @@ import pandas as pd
 
 from . import SPLIT_NAMES
 from .files import replacing
-from .peers import PEERS
-from .report import ECE_BINS, METHODS, METRIC_COLUMNS, mean_over_seeds
+from .methods import METHODS, PEER_METHODS
+from .report import ECE_BINS, METRIC_COLUMNS, mean_over_seeds
 
 THE_METHOD = "experts_calibrated"
 """The method this project implements: the first row."""
@@ -49,12 +49,11 @@ def method_groups(methods) -> list[list[str]]:
     its ablations, the baselines, the peers); empty groups are left out."""
     fusions = [m for m in METHODS if m.startswith("experts_") and m != THE_METHOD]
     groups = [[THE_METHOD], [*reversed(fusions), *UPPER_BOUNDS], [m for m in METHODS if m.startswith("base")],
-              list(PEERS)]
+              list(PEER_METHODS)]
     ordered = [m for group in groups for m in group]
     unknown = [m for m in methods if m not in ordered]
     if unknown:
-        raise ValueError(f"methods {unknown} have no place in the table: neither a report method "
-                         f"(report.METHODS) nor a peer (peers.PEERS)")
+        raise ValueError(f"methods {unknown} have no place in the table: no report method (methods.METHODS)")
     present = set(methods)
     return [kept for kept in ([m for m in group if m in present] for group in groups) if kept]
 

@@ -1,12 +1,13 @@
-"""What a training job trains: the base model or one class-balanced expert (METHOD.md
-sections 2 and 3), as a :class:`Task`, and the weights file it ends as.
+"""What a training job trains: the base model, one class-balanced expert (METHOD.md
+sections 2 and 3) or a peer, as a :class:`Task`, how it trains, and the weights file it ends as.
 
 A task is the model, the parameters it learns, and the entries of the train and val lists
 it sees with the output each is trained towards. The base model (:func:`base_task`) sees
-every image of every class; an expert (:func:`expert_task`) starts from the base model's
+every image of every class, and so does a peer (the base model's task with the peer's head,
+trained with its loss); an expert (:func:`expert_task`) starts from the base model's
 representation with a fresh ``(k+1)``-way classifier and sees its split's images plus an
-open-set sample of the others. Both train in the one loop
-(:func:`balanced_experts.training.fit`) and are saved by :func:`save_weights`.
+open-set sample of the others. All train in the one loop (:func:`fit_task`,
+:func:`balanced_experts.training.fit`) and are saved by :func:`save_weights`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from torch import nn
 
+from .images.source import ImageSource
+from .images.spec import InputSpec
+from .distributed import epoch_batches
+from .execution import ExecutionSettings
 from .experts import ExpertSettings, expert_training_set, expert_validation_set, output_class_ids, small_reject_sample
 from .lists import ImageList, check_labels_cover
 from .models import build_model, load_model, save_checkpoint, set_learnable
 from .pretrained import DEFAULT_FORMAT, load_trunk_weights
 from .splits import read_class_table, split_class_ids
+from .training import Criterion, TrainSettings, fit
 
 
 @dataclass
@@ -95,11 +102,49 @@ def expert_task(split: str, train_list: ImageList, val_list: ImageList, classes_
                 {"open_ratio": float(settings.open_ratio), "num_learnable": int(settings.num_learnable)})
 
 
+def open_images(root: str, image_list: ImageList, rows: np.ndarray, cache: str, spec: InputSpec,
+                execution: ExecutionSettings) -> ImageSource:
+    """Only the entries ``rows`` of a list, re-based to 0..len(rows)-1; a preloaded dataset's
+    from the split's decoded cache (an empty input otherwise)."""
+    return ImageSource.open(root, image_list.subset(rows), spec, cache=cache or None, cache_rows=rows,
+                            decode_on_device=execution.decode_on_device)
+
+
+def fit_task(task: Task, name: str, settings: TrainSettings, root: str, lists: tuple[ImageList, ImageList],
+             caches: tuple[str, str], spec: InputSpec, execution: ExecutionSettings, device: torch.device,
+             rank: int, world_size: int, metrics: str | Path, checkpoint: dict,
+             log: Callable[[str], None] = print, loss: Callable[[int], Criterion] | None = None) -> dict:
+    """Train ``task`` in the one loop, :func:`balanced_experts.training.fit` (``checkpoint``:
+    its resume path and fingerprint; ``loss``: its epoch loss, a peer's), on the entries of the
+    train and val ``lists`` the task sees (a preloaded dataset's from the splits' decoded
+    ``caches``), in batches of this rank's shard of each epoch. Returns fit's result."""
+    train_source = open_images(root, lists[0], task.train_rows, caches[0], spec, execution)
+    val_source = open_images(root, lists[1], task.val_rows, caches[1], spec, execution)
+    task.model.to(device)
+    log(f"{name}: {task.backbone['name']} on {device}, {sum(p.numel() for p in task.parameters):,} trainable "
+        f"of {sum(p.numel() for p in task.model.parameters()):,} parameters, "
+        f"{len(train_source)} train / {len(val_source)} val images, {settings}")
+    train_batches, steps_per_epoch = epoch_batches(train_source, task.train_targets, settings.batch_size, device,
+                                                   rank, world_size)
+    if world_size > 1:
+        log(f"{name}: {world_size} processes (DistributedDataParallel), {-(-settings.batch_size // world_size)} "
+            f"images per process and step")
+
+    def val_batches():
+        return val_source.batches(np.arange(len(val_source)), task.val_targets, execution.eval_batch_size, False,
+                                  device)
+
+    return fit(task.model, task.parameters, train_batches, val_batches, steps_per_epoch, settings, name, metrics,
+               log, **checkpoint, amp=execution.amp, compile=execution.compile,
+               sync_batchnorm=execution.sync_batchnorm, loss=loss)
+
+
 def save_weights(path: str | Path, task: Task, result: dict, name: str) -> None:
     """The best epoch's weights (``result``: :func:`balanced_experts.training.fit`'s) and the
     metadata the later stages read: the model's name, backbone, the dataset's class count,
     the class of each output, the best epoch and its val accuracy, and what the task adds
-    (an expert's open_ratio and num_learnable). Loads those weights into ``task.model``."""
+    (an expert's open_ratio and num_learnable, a peer's prior). Loads those weights into
+    ``task.model``."""
     task.model.load_state_dict(result["state_dict"])
     meta = {
         "model": name,

@@ -7,8 +7,9 @@ rule report:
         base_weights=model_file("base", paths.WEIGHTS),
         decoupled=lambda wildcards: [logits_file(method, "test")(wildcards) for method in DECOUPLED_METHODS],
         experts=lambda wildcards: [logits_file(expert, "test")(wildcards) for expert in EXPERTS],
+        peers=peer_logits("test"),
         calibration=calibration_file,
-        metrics=lambda wildcards: [model_file(model, paths.METRICS)(wildcards) for model in MODELS],
+        metrics=metrics_of_every_model,
         code=program_and_library("report"),
     output:
         report=paths.REPLICATE_REPORT,
@@ -30,11 +31,10 @@ rule report:
 
 
 rule aggregate:
-    """A setting's report over its seeds: mean and std per method and fold, and plots of the
-    spread; its merged config beside it."""
+    """A setting's report over its seeds: mean and std per method and fold, as CSV and as a
+    paper's table (Markdown, LaTeX), and plots of the spread; its merged config beside it."""
     input:
-        # metrics_<model>: that model's metrics.csv of every replicate, in the order of `seeds`.
-        **{f"metrics_{model}": model_file_of_every_replicate(model, paths.METRICS) for model in MODELS},
+        unpack(metrics_of_every_model_and_replicate),
         reports=replicate_files(paths.REPLICATE_REPORT),
         per_class=replicate_files(paths.REPLICATE_PER_CLASS),
         predictions=replicate_files(paths.REPLICATE_PREDICTIONS),
@@ -55,6 +55,8 @@ rule aggregate:
             category="Results",
             labels={"setting": "{setting}", "table": "four-fold accuracy of every seed"},
         ),
+        report_md=paths.REPORT_MD,
+        report_tex=paths.REPORT_TEX,
         per_class=report(
             paths.PER_CLASS,
             caption="../report/per_class.rst",
@@ -119,6 +121,28 @@ rule aggregate:
         seeds=lambda wildcards: EXPERIMENTS.seeds(wildcards.setting),
     script:
         "../scripts/aggregate.py"
+
+
+rule summary:
+    """The main settings of several datasets side by side, as a paper's table (Markdown and
+    LaTeX): config `summary.datasets` (default: `default_datasets`), `summary.columns` of each."""
+    input:
+        reports=summary_reports,
+        code=program_and_library("summary"),
+    output:
+        markdown=paths.SUMMARY_MD,
+        latex=paths.SUMMARY_TEX,
+    log:
+        paths.log(paths.RESULTS, "summary"),
+    conda:
+        "../envs/pytorch.yaml"
+    resources:
+        attempt=job_attempt,
+    params:
+        datasets=SUMMARY_DATASETS,
+        columns=config.get("summary", {}).get("columns"),
+    script:
+        "../scripts/summary.py"
 
 
 rule compare:

@@ -47,10 +47,29 @@ def model_file(model, template):
     return lambda wildcards: model_path(wildcards.setting, wildcards.seed, model or wildcards.model, template)
 
 
-def model_file_of_every_replicate(model, template):
-    """Input function: a trained model's file ``template`` of every replicate of the job's setting."""
+def metrics_of_every_model(wildcards):
+    """Input function: the training curve (metrics.csv) of every model the job's setting
+    trains (experiments.Experiments.models: the peers it switches on), for the job's replicate."""
+    return [
+        model_path(wildcards.setting, wildcards.seed, model, paths.METRICS)
+        for model in EXPERIMENTS.models(wildcards.setting)
+    ]
+
+
+def metrics_of_every_model_and_replicate(wildcards):
+    """Input function (unpack it): ``metrics_<model>``, that model's metrics.csv of every
+    replicate in the order of ``seeds``, for every model the job's setting trains."""
+    seeds = EXPERIMENTS.seeds(wildcards.setting)
+    return {
+        f"metrics_{model}": [model_path(wildcards.setting, k, model, paths.METRICS) for k in seeds]
+        for model in EXPERIMENTS.models(wildcards.setting)
+    }
+
+
+def peer_logits(split):
+    """Input function: the logits on one split of every peer the job's setting switches on."""
     return lambda wildcards: [
-        model_path(wildcards.setting, k, model, template) for k in EXPERIMENTS.seeds(wildcards.setting)
+        logits_path(wildcards.setting, wildcards.seed, peer, split) for peer in EXPERIMENTS.peers(wildcards.setting)
     ]
 
 
@@ -75,19 +94,27 @@ def replicate_files(template):
 
 def default_targets():
     """Of each default dataset: the report of its main settings and of each variant (with
-    their plots and resolved configs), the logits of every model on every split for every
-    seed, and, when the dataset has variants, the comparison."""
+    their plots and resolved configs), the logits of every model they run on every split
+    for every seed, and, when the dataset has variants, the comparison; the summary table
+    of the summary's datasets."""
     targets = []
-    for dataset in config.get("default_datasets", ["synthetic"]):
+    for dataset in DEFAULT_DATASETS:
         settings = [dataset, *EXPERIMENTS.variants(dataset)]
         for setting in settings:
             targets.append(paths.REPORT.format(setting=setting))
             targets += [
                 logits_path(setting, seed, model, split)
                 for seed in EXPERIMENTS.seeds(setting)
-                for model in MODELS
+                for model in EXPERIMENTS.models(setting)
                 for split in DATA_SPLITS
             ]
         if len(settings) > 1:
             targets.append(paths.COMPARISON.format(dataset=dataset))
+    targets.append(paths.SUMMARY_MD)
     return list(dict.fromkeys(targets))
+
+
+def summary_reports(wildcards):
+    """Input function: the per-seed report rows of the main settings of each dataset of the
+    summary table (config ``summary.datasets``; default: ``default_datasets``)."""
+    return [paths.REPORT_SEEDS.format(setting=dataset) for dataset in SUMMARY_DATASETS]

@@ -40,6 +40,7 @@ from balanced_experts.lists import (  # noqa: E402
     check_labels_in_range,
     read_list,
 )
+from balanced_experts.methods import PEER_METHODS  # noqa: E402
 from balanced_experts.paths import pattern  # noqa: E402
 
 # Before any job runs. snakemake.utils.validate would print the whole jsonschema dump;
@@ -54,6 +55,9 @@ except ConfigError as error:
 # `<dataset>/variants/<variant>`) with its merged config; which stages a variant shares.
 EXPERIMENTS = Experiments.from_config(config)
 DATASETS = list(config["datasets"])
+# What a bare `snakemake` builds; the datasets side by side in results/summary.md and .tex.
+DEFAULT_DATASETS = config.get("default_datasets", ["synthetic"])
+SUMMARY_DATASETS = config.get("summary", {}).get("datasets", DEFAULT_DATASETS)
 # Device, threads, precision: read at run time by the jobs; here, the rules' threads and GPUs.
 EXECUTION = ExecutionSettings.from_config(config.get("execution"))
 # The `gpu` resource of the training and logits jobs when no profile sets it: 1 when a job
@@ -83,6 +87,7 @@ wildcard_constraints:
     expert=alternatives(EXPERTS),
     model=alternatives(MODELS),
     method=alternatives(DECOUPLED_METHODS),
+    peer=alternatives(PEER_METHODS),
     split=alternatives(DATA_SPLITS),
 
 

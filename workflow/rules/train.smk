@@ -91,3 +91,38 @@ rule train_decoupled:
         root=image_root,
     script:
         "../scripts/train_decoupled.py"
+
+
+rule train_peer:
+    """A peer method (balanced_experts.peers: Balanced Softmax, LDAM-DRW) trained like the base
+    model (its recipe, seed, backbone and pretrained trunk) with the method's loss and head."""
+    input:
+        train=list_file("train"),
+        val=list_file("val"),
+        train_cache=image_cache("train"),
+        val_cache=image_cache("val"),
+        pretrained=pretrained_weights,
+        code=program_and_library("train_peer"),
+    output:
+        weights=pattern(paths.WEIGHTS, model="{peer}"),
+        metrics=pattern(paths.METRICS, model="{peer}"),
+    log:
+        paths.log(paths.REPLICATE, "train_{peer}"),
+    benchmark:
+        paths.benchmark(paths.REPLICATE, "train_{peer}")
+    # Every expert and baseline waits for the base model, only the report for a peer: the
+    # base model starts first (else two peers took both cores of the default run first).
+    priority: -1
+    conda:
+        "../envs/pytorch.yaml"
+    # It needs no base model: on a CPU it trains side by side with the experts, as they do.
+    threads: EXECUTION.expert_threads
+    resources:
+        gpu=GPUS_PER_JOB,
+        attempt=job_attempt,
+    params:
+        **stage_params("train_peer"),
+        root=image_root,
+        config_key=lambda wildcards: setting_key(wildcards.setting),  # names the setting in errors
+    script:
+        "../scripts/train_peer.py"

@@ -1,5 +1,5 @@
-"""Stage: a setting's report over its seeds (mean, std, every seed's rows), per-class
-table, class splits and plots of the spread."""
+"""Stage: a setting's report over its seeds (mean, std, every seed's rows; as CSV and as a
+paper's table), per-class table, class splits and plots of the spread."""
 
 from pathlib import Path
 
@@ -13,15 +13,16 @@ from balanced_experts.plots import (four_fold_plot, long_tail_plot, per_class_ac
                                     reliability_plot, test_shift_plot, training_curves_plot)
 from balanced_experts.report import mean_over_seeds, mean_per_class, mean_shift_over_seeds, seed_rows, split_counts
 from balanced_experts.splits import read_class_table
+from balanced_experts.tables import setting_table, write_table
 
 
 def main(snakemake) -> None:
     # The job, as plain values: nothing below reads `snakemake`.
     files, out = snakemake.input, dict(snakemake.output.items())  # out: name -> path
-    seeds = [int(k) for k in snakemake.params.seeds]
+    setting, seeds = snakemake.wildcards.setting, [int(k) for k in snakemake.params.seeds]
     reports, test_shifts = dict(zip(seeds, files.reports)), dict(zip(seeds, files.test_shift))  # seed -> path
     per_class_paths, prediction_paths, classes_path = list(files.per_class), list(files.predictions), files.classes
-    # metrics_<model>: every seed's metrics.csv of the model.
+    # metrics_<model>: every seed's metrics.csv of each model the setting trains.
     metrics_paths = {name.removeprefix("metrics_"): list(files[name]) for name in files.keys()
                      if name.startswith("metrics_")}
     log = get_logger("aggregate", snakemake.log[0], snakemake.resources.get("attempt"))
@@ -44,6 +45,7 @@ def main(snakemake) -> None:
         mean_per_class(per_class).to_csv(out["per_class"], index=False, float_format="%.2f")
         counts.to_csv(out["split_counts"], index=False)
         test_shift.to_csv(out["test_shift"], index=False, float_format="%.2f")
+        write_table(setting_table(rows, setting), out["report_md"], out["report_tex"])
     log.info("classes per split:\n" + counts.to_string(index=False))
     log.info(f"test top-1 (%), ECE (%), NLL: mean over seeds {seeds}"
              + (" (std: sample std over the seeds)" if len(seeds) > 1 else " (one seed: no std)") + ":\n"

@@ -2,8 +2,9 @@
 
 Steps (main): start the processes; build the model and choose the images it learns from
 and is validated on (balanced_experts.tasks: the base model every image, an expert its
-split's images plus reject images); open those images; feed the epoch's batches; fit;
-save the weights.
+split's images plus reject images); train it on those images (tasks.fit_task); save the
+weights. (A peer trains in its own program, train_peer.py: editing a peer's loss retrains
+the peers alone.)
 
 With more than one process (resource `nproc`, by default the job's `gpu` count on CUDA),
 the stage starts itself again under torchrun and trains with DistributedDataParallel;
@@ -12,21 +13,18 @@ rank 0 writes the log, metrics, epoch checkpoint and weights.
 
 import logging
 
-import numpy as np
-
 from balanced_experts.device import resolve_device, setup_torch
-from balanced_experts.distributed import epoch_batches, leave_process_group, start_processes
+from balanced_experts.distributed import leave_process_group, start_processes
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import ExpertSettings
 from balanced_experts.faults import exit_briefly_on
 from balanced_experts.images.decoding import ImageFileError
-from balanced_experts.images.source import ImageSource
 from balanced_experts.images.spec import InputSpec
 from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ImageList, ListFormatError, check_labels_cover, read_list
 from balanced_experts.pretrained import PretrainedWeightsError
-from balanced_experts.tasks import Task, base_task, expert_task, save_weights
-from balanced_experts.training import NonFiniteLoss, TrainSettings, fit, job_checkpoint
+from balanced_experts.tasks import Task, base_task, expert_task, fit_task, save_weights
+from balanced_experts.training import NonFiniteLoss, TrainSettings, job_checkpoint
 
 
 def make_task(name: str, train_list: ImageList, val_list: ImageList, params: dict, classes: str | None,
@@ -45,14 +43,6 @@ def make_task(name: str, train_list: ImageList, val_list: ImageList, params: dic
         message = f"{params['config_key']}.backbone.pretrained.path: {error}"
         log.error(message)
         raise SystemExit(message)
-
-
-def open_images(root: str, image_list: ImageList, rows: np.ndarray, cache: str, spec: InputSpec,
-                execution: ExecutionSettings) -> ImageSource:
-    """Only the entries ``rows`` of a list, re-based to 0..len(rows)-1; a preloaded dataset's
-    from the split's decoded cache (an empty input otherwise)."""
-    return ImageSource.open(root, image_list.subset(rows), spec, cache=cache or None, cache_rows=rows,
-                            decode_on_device=execution.decode_on_device)
 
 
 def main(snakemake) -> None:
@@ -82,30 +72,13 @@ def main(snakemake) -> None:
     task = make_task(name, train_list, val_list, params, classes, base, settings.seed, log, rank)
     check_labels_cover(val_list, task.num_classes)
 
-    # Its images, and the batches of an epoch.
+    # Train it on its images. The epoch checkpoint, resumed only by a run of the same model,
+    # params and input files, stays after the weights are written, until a job that reads
+    # them removes it.
     spec = InputSpec.from_config(params["input"], default_workers=threads)
-    train_source = open_images(params["root"], train_list, task.train_rows, train_cache, spec, execution)
-    val_source = open_images(params["root"], val_list, task.val_rows, val_cache, spec, execution)
-    task.model.to(device)
-    log.info(f"{name}: {task.backbone['name']} on {device}, {sum(p.numel() for p in task.parameters):,} trainable "
-             f"of {sum(p.numel() for p in task.model.parameters()):,} parameters, "
-             f"{len(train_source)} train / {len(val_source)} val images, {settings}")
-    train_batches, steps_per_epoch = epoch_batches(train_source, task.train_targets, settings.batch_size, device,
-                                                   rank, world_size)
-    if world_size > 1:
-        log.info(f"{name}: {world_size} processes (DistributedDataParallel), {-(-settings.batch_size // world_size)} "
-                 f"images per process and step")
-
-    def val_batches():
-        return val_source.batches(np.arange(len(val_source)), task.val_targets, execution.eval_batch_size, False,
-                                  device)
-
-    # Train. The epoch checkpoint, resumed only by a run of the same model, params and input
-    # files, stays after the weights are written, until a job that reads them removes it.
     checkpoint = job_checkpoint(weights, name, params, input_files)
-    result = fit(task.model, task.parameters, train_batches, val_batches, steps_per_epoch, settings, name,
-                 metrics, log.info, **checkpoint, amp=execution.amp, compile=execution.compile,
-                 sync_batchnorm=execution.sync_batchnorm)
+    result = fit_task(task, name, settings, params["root"], (train_list, val_list), (train_cache, val_cache), spec,
+                      execution, device, rank, world_size, metrics, checkpoint, log.info)
     leave_process_group()
 
     # Save the best epoch's weights.
