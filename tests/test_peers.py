@@ -262,3 +262,40 @@ def test_fit_trains_a_peer_with_its_epoch_loss(tmp_path):
     assert np.isfinite(loss).all() and loss[2] < loss[1] < loss[0] and loss[3] > loss[2]
     plain, _ = _toy_fit(tmp_path / "ce", peer.backbone(TINY_BACKBONE))
     assert not torch.equal(plain.classifier.weight, model.classifier.weight)
+
+
+@pytest.mark.slow
+def test_fit_scores_a_multi_expert_model_by_its_experts_mean(tmp_path):
+    """A multi-expert peer through fit: the loss sees every expert's logits (N x E x C), the
+    training accuracy and validation the experts' mean (logits_of); the kept epoch's val
+    accuracy is that of the mean logits of the weights it returns."""
+    from balanced_experts.multi_expert import build_multi_expert, mean_logits
+    from balanced_experts.peers import Sade
+
+    torch.manual_seed(0)
+    peer, (x, y) = Sade(), _toy_data()
+    model = build_multi_expert(TINY_BACKBONE, 3, peer.multi_expert_settings())
+    settings = TrainSettings(epochs=2, batch_size=8, lr=0.05, seed=0)
+    shapes = []
+    criterion = peer.loss([24, 6, 2], settings.epochs)
+
+    def recording(epoch):
+        def loss(outputs, targets):
+            shapes.append(tuple(outputs.shape))
+            return criterion(epoch)(outputs, targets)
+        return loss
+
+    def train_batches(generator):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), settings.batch_size):
+            yield x[order[start:start + settings.batch_size]], y[order[start:start + settings.batch_size]]
+
+    result = fit(model, list(model.parameters()), train_batches, lambda: [(x, y)], steps_per_epoch=4,
+                 settings=settings, name="sade", metrics_path=tmp_path / "metrics.csv", log=lambda line: None,
+                 loss=recording, logits_of=mean_logits)
+    assert set(shapes) == {(8, 3, 3)}
+    model.load_state_dict(result["state_dict"])
+    model.eval()
+    with torch.no_grad():
+        accuracy = 100.0 * (mean_logits(model(x)).argmax(1) == y).float().mean().item()
+    assert result["best_val_acc"] == pytest.approx(accuracy)
