@@ -162,6 +162,23 @@ def copy_run(workdir: Path, dest: Path) -> Path:
     return dest
 
 
+def digests(workdir: Path) -> dict[str, str]:
+    """SHA-256 of every file under results/ but the logs, to prove a failed or stopped run
+    left them alone."""
+    import hashlib
+
+    results = workdir / "results"
+    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(results.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+def replace_line(path: Path, number: int, text: str) -> None:
+    """Line ``number`` (1-based) of ``path`` replaced by ``text``."""
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
 def edited_copy(workdir: Path, dest: Path, edit) -> tuple[Path, set[tuple[str, str]]]:
     """A copy of a finished tiny run with ``edit`` applied to its tiny dataset's config; its
     dry-run plan."""

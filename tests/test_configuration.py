@@ -101,6 +101,31 @@ def test_problems_name_the_layer_that_set_the_key(edit, expected):
     assert _problem(edit).startswith(expected)
 
 
+@pytest.mark.parametrize("written, hint", [
+    ("1e-3", "(YAML 1.1 reads 1e-3 as a string: write 1.0e-3)"),
+    ("1.0e3", "(YAML 1.1 reads 1.0e3 as a string: write 1.0e+3)"),
+    ("'0.01'", "(a number in quotes is a string: write it without them)"),
+])
+def test_a_number_yaml_reads_as_a_string_says_how_to_write_it(written, hint):
+    config = tiny_config()
+    config["datasets"]["tiny"]["base"]["lr"] = yaml.safe_load(f"lr: {written}")["lr"]  # as the file says it
+    value = config["datasets"]["tiny"]["base"]["lr"]
+    assert config_problem(config, SCHEMA) == f"datasets.tiny.base.lr: {value!r} is a str; expected number {hint}"
+    suggested = hint.rpartition("write ")[2].rstrip(")")
+    if "YAML 1.1" in hint:
+        assert yaml.safe_load(f"lr: {suggested}")["lr"] == float(written)  # the suggestion reads as the number
+
+
+def test_the_small_data_example_is_valid_and_sets_early_stopping():
+    config = copy.deepcopy(REPO_CONFIG)
+    example = yaml.safe_load((REPO / "docs/mydata.yaml").read_text())
+    config["datasets"].update(example["datasets"])
+    assert config_problem(config, SCHEMA) is None
+    mydata = resolve_dataset(config, "mydata")
+    assert mydata["base"]["patience"] and all(expert["patience"] for expert in mydata["experts"].values())
+    assert mydata["data"]["kind"] == "lists" and mydata["data"]["train_list"].startswith(mydata["data"]["root"])
+
+
 def test_replicate_zero_is_the_configured_settings():
     experiments = Experiments.from_config(tiny_config())
     assert experiments.params("tiny", "train_expert", 0, "few")["train"] == TINY_DATASET["experts"]["few"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from balanced_experts.experts import (REJECT, expert_training_set, expert_validation_set,
-                                      output_class_ids)
+                                      output_class_ids, small_reject_sample)
 
 
 def long_tail_labels():
@@ -64,3 +64,24 @@ def test_validation_set_is_one_to_one():
     assert (data.targets < 3).sum() == 60
     assert data.num_reject == 60
     assert output_class_ids([9, 2, 5]) == [2, 5, 9, REJECT]
+
+
+@pytest.mark.parametrize("split, open_ratio, warned", [
+    ([6, 7], 16, "1 reject image (open_ratio 16), fewer than the 3 of the split's smallest class: too few to "
+                 "teach the reject output; an open_ratio of at most 3 draws 3 or more"),
+    ([6, 7], 3, None),  # 3 reject images, as many as class 7 has
+    ([5, 6, 7], 8, None),  # round(21 / 8) = 3, not fewer than class 7's 3
+    ([1, 2], 16, "19 reject images (open_ratio 16), fewer than the 100 of the split's smallest class: too few to "
+                 "teach the reject output; an open_ratio of at most 3 draws 100 or more"),
+    ([0, 1], 1, "196 reject images (open_ratio 1), fewer than the 200 of the split's smallest class: too few to "
+                "teach the reject output; the other classes have only 196 training images"),
+    ([6, 7], 100, "0 reject images (open_ratio 100), fewer than the 3 of the split's smallest class: too few to "
+                  "teach the reject output; an open_ratio of at most 3 draws 3 or more"),
+])
+def test_a_reject_sample_smaller_than_the_smallest_class_is_named(split, open_ratio, warned):
+    labels = long_tail_labels()
+    data = expert_training_set(labels, split, open_ratio, seed=0)
+    assert small_reject_sample(labels, split, data, open_ratio) == warned
+    if warned and "at most" in warned:  # the advice holds: that open ratio draws enough
+        advised = float(warned.rsplit("at most ", 1)[1].split()[0])
+        assert small_reject_sample(labels, split, expert_training_set(labels, split, advised, seed=0), advised) is None

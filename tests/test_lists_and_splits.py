@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from balanced_experts.lists import ListFormatError, check_labels_cover, read_list, write_list
+from balanced_experts.lists import ListFormatError, check_images_exist, check_labels_cover, read_list, write_list
 from balanced_experts.splits import SplitRule, class_table, split_class_ids, split_summary
 from conftest import SHARED_DATA
 
@@ -49,6 +49,20 @@ def test_list_round_trip_and_label_coverage(tmp_path):
     assert image_list.labels.tolist() == [0, 2]
     with pytest.raises(ListFormatError, match="class ids 1"):
         check_labels_cover(image_list, 3)
+
+
+def test_listed_images_must_exist_the_error_names_the_first_line(tmp_path):
+    (tmp_path / "images/a").mkdir(parents=True)
+    (tmp_path / "images/a/x.jpg").touch()
+    (tmp_path / "images/a/folder.jpg").mkdir()  # a folder is no image
+    path = tmp_path / "train.txt"
+    path.write_text("a/x.jpg 0\n# a comment\na/y.jpg 1\nb/z.jpg 1\na/folder.jpg 0\n")
+    with pytest.raises(ListFormatError) as error:
+        check_images_exist(read_list(path), tmp_path / "images")
+    assert str(error.value) == (f"{path}:3: image {tmp_path / 'images/a/y.jpg'} does not exist "
+                                "(2 more listed images are missing)")
+    path.write_text("a/x.jpg 0\n./a/../a/x.jpg 0\n")
+    check_images_exist(read_list(path), tmp_path / "images")
 
 
 @pytest.mark.skipif(not PLACES.exists(), reason="shared Places-LT lists not present")

@@ -4,6 +4,7 @@ gets for a wrong config before any job starts."""
 
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,6 +111,7 @@ def test_missing_data_paths_fail_at_dag_build_naming_the_key(tmp_path):
            "does not exist" in failure(workdir, "results/cifar100_lt/report.csv")
 
     (tmp_path / "images").mkdir()
+    (tmp_path / "images/a.jpg").write_bytes(b"")  # listed images must exist; none is read here
     places["data"]["root"] = str(tmp_path / "images")
     for split in ("train", "val", "test"):
         (tmp_path / f"{split}.txt").write_text("a.jpg 0\n")
@@ -166,6 +168,16 @@ def test_pretrained_trunk_loads_and_a_mismatching_file_names_the_config_key(tmp_
     assert "datasets.wrong.backbone.pretrained.path:" in out and "does not match the backbone" in out
 
 
+def empty_files_for(data: dict, root: Path) -> Path:
+    """An empty file under ``root`` for every image the three lists of ``data`` name."""
+    for split in ("train", "val", "test"):
+        for line in Path(data[f"{split}_list"]).read_text().splitlines():
+            path = root / line.rsplit(" ", 1)[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    return root
+
+
 @pytest.mark.skipif(not PLACES.exists(), reason="shared Places-LT lists not present")
 def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
     places = repo_dataset("places")
@@ -179,7 +191,8 @@ def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
     assert classes["split"].value_counts().to_dict() == {"many": 131, "medium": 163, "few": 71}
 
     places["class_splits"]["many_inclusive"] = True  # the original experts code: many >= 100
-    places["data"]["root"] = str(tmp_path)
+    # A root of empty files: the plan checks that every listed image exists, and reads none.
+    places["data"]["root"] = str(empty_files_for(places["data"], tmp_path / "places365"))
     weights = tmp_path / "caffe_resnet152.pth"
     weights.write_bytes(b"")  # the plan needs the file to exist, not to be read
     places["backbone"]["pretrained"]["path"] = str(weights)

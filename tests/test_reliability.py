@@ -1,6 +1,5 @@
 """Bad input, killed jobs and reruns through real Snakemake runs: clear errors, intact results."""
 
-import hashlib
 import os
 import shutil
 import signal
@@ -13,19 +12,13 @@ import pytest
 import torch
 
 from balanced_experts.synthetic import SyntheticSpec, generate
-from conftest import TINY_DATASET, copy_workflow, last_attempt, snakemake, tiny_config, write_config
+from conftest import (TINY_DATASET, copy_workflow, digests, last_attempt, replace_line, snakemake, tiny_config,
+                      write_config)
 
 pytestmark = pytest.mark.slow
 
 BASE_WEIGHTS = "results/tiny/seed0/models/base/weights.pt"
 CLASSES = "results/tiny/classes.csv"
-
-
-def digests(workdir: Path) -> dict[str, str]:
-    """SHA-256 of every file under results/, to prove a failed run left them alone."""
-    results = workdir / "results"
-    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(results.rglob("*")) if p.is_file() and "logs" not in p.parts}
 
 
 def error_lines(result: subprocess.CompletedProcess) -> str:
@@ -145,12 +138,6 @@ def _line_of(list_file: Path, rel: str) -> int:
     raise AssertionError(rel)
 
 
-def _replace_line(list_file: Path, number: int, text: str) -> None:
-    lines = list_file.read_text().splitlines()
-    lines[number - 1] = text
-    list_file.write_text("\n".join(lines) + "\n")
-
-
 def test_missing_test_image_names_file_and_line(lists_copy):
     workdir, data = lists_copy
     rel = "images/test/005/00003.png"
@@ -159,7 +146,8 @@ def test_missing_test_image_names_file_and_line(lists_copy):
     result = snakemake(workdir, "--cores", "1", "results/tiny/seed0/logits/base/test.parquet", check=False)
     assert result.returncode != 0
     line = _line_of(data / "test.txt", rel)
-    assert f"cannot read image {data / rel} ({data / 'test.txt'}, line {line})" in error_lines(result)
+    # Found while the DAG is built, before any job starts (tests/test_user_faults.py).
+    assert f"{data / 'test.txt'}:{line}: image {data / rel} does not exist" in error_lines(result)
     assert digests(workdir) == before
 
 
@@ -182,7 +170,7 @@ def test_corrupt_training_image_names_file_and_line(lists_copy):
 
 def test_label_out_of_range_names_the_line(lists_copy):
     workdir, data = lists_copy
-    _replace_line(data / "test.txt", 7, "images/test/000/00006.png 8")
+    replace_line(data / "test.txt", 7, "images/test/000/00006.png 8")
     before = digests(workdir)
     result = snakemake(workdir, "--cores", "1", "results/tiny/seed0/logits/base/test.parquet", check=False)
     assert result.returncode != 0

@@ -19,6 +19,7 @@ default datasets that do not exist, what a variant may not change) are checked h
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
@@ -134,7 +135,7 @@ def _describe(error: jsonschema.ValidationError, key: str | None = None) -> str:
         return f"{key}: {value!r} is not allowed; allowed: {', '.join(map(str, schema['enum']))}"
     if kind == "type":
         expected = schema["type"] if isinstance(schema["type"], str) else " or ".join(schema["type"])
-        return f"{key}: {value!r} is a {type(value).__name__}; expected {expected}"
+        return f"{key}: {value!r} is a {type(value).__name__}; expected {expected}{_number_hint(value, expected)}"
     bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
     if kind in bounds:
         return f"{key}: {value!r} is out of range; must be {bounds[kind]} {schema[kind]}"
@@ -149,6 +150,29 @@ def _describe(error: jsonschema.ValidationError, key: str | None = None) -> str:
     if kind == "uniqueItems":
         return f"{key}: {value!r} lists an item twice"
     return f"{key}: {error.message}"
+
+
+YAML_11_EXPONENT = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?)(\d+)")
+"""A number in exponent notation; YAML 1.1 (PyYAML, Snakemake's loader) reads it as a float
+only with a dot in the mantissa and a sign in the exponent: ``1e-3`` and ``1.0e3`` are strings."""
+
+
+def _number_hint(value, expected: str) -> str:
+    """For a string where a number belongs: how to write it so that YAML reads a number."""
+    if not isinstance(value, str) or "number" not in expected and "integer" not in expected:
+        return ""
+    try:
+        unquoted = yaml.safe_load(value)
+    except yaml.YAMLError:
+        unquoted = None
+    if isinstance(unquoted, (int, float)) and not isinstance(unquoted, bool):
+        return " (a number in quotes is a string: write it without them)"
+    exponent = YAML_11_EXPONENT.fullmatch(value.strip())
+    if not exponent:
+        return ""
+    mantissa, sign, digits = exponent.groups()
+    mantissa += "" if "." in mantissa else ".0"
+    return f" (YAML 1.1 reads {value} as a string: write {mantissa}e{sign or '+'}{digits})"
 
 
 def _sorted_errors(instance, schema: dict) -> list[jsonschema.ValidationError]:

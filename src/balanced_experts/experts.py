@@ -114,6 +114,33 @@ def expert_training_set(
     return _assemble(labels, split_classes, members, reject)
 
 
+def small_reject_sample(labels, split_classes, train_set: ExpertSet, open_ratio: float) -> str | None:
+    """Why an expert's reject sample is too small to teach it, or None.
+
+    The rule: fewer reject images than the split's smallest class has training images,
+    so that the reject output is the expert's rarest one. It holds for no expert of
+    Places-LT (its few-shot expert draws 100 reject images for classes of 5 to 19) or of
+    the synthetic preset, and catches the ImageNet-LT recipe on a small dataset: at open
+    ratio 16, 25 images of two few-shot classes give 2 reject images. The advice is the
+    largest open ratio that keeps the sample at that size, N_split / smallest count, unless
+    the other classes have fewer images than that.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    split_classes = np.asarray(split_classes, dtype=np.int64)
+    smallest = int(np.bincount(labels, minlength=int(split_classes.max()) + 1)[split_classes].min())
+    reject = int((train_set.targets == len(split_classes)).sum())
+    if reject >= smallest:
+        return None
+    members = len(train_set) - reject
+    pool = len(labels) - members  # the other classes' images, the most a sample can draw
+    largest = max(1.0, np.floor(10 * members / smallest) / 10)
+    advice = (f"an open_ratio of at most {largest:g} draws {smallest} or more" if pool >= smallest
+              else f"the other classes have only {pool} training images")
+    images = "image" if reject == 1 else "images"
+    return (f"{reject} reject {images} (open_ratio {open_ratio:g}), fewer than the {smallest} of the "
+            f"split's smallest class: too few to teach the reject output; {advice}")
+
+
 def expert_validation_set(labels, split_classes, seed: int) -> ExpertSet:
     """The split's validation images plus as many other-class images scored as reject (1:1)."""
     labels = np.asarray(labels, dtype=np.int64)

@@ -116,3 +116,33 @@ def check_labels_cover(image_list: ImageList, num_classes: int) -> None:
             f"{image_list.source}: no entries for class ids {shown}{more}; labels must cover "
             f"0..{num_classes - 1}{stray}"
         )
+
+
+def check_images_exist(image_list: ImageList, root: str | Path) -> None:
+    """Every listed image must be a file under ``root``; the error names the list line of
+    the first one that is not, and how many more are missing.
+
+    One directory read per folder (``os.scandir``), not a ``stat`` per image: a list names
+    few folders and many files (Places-LT: 106,300 images in 368 folders).
+    """
+    import os
+
+    by_folder: dict[str, list[tuple[int, str]]] = {}
+    for index, rel in enumerate(image_list.paths):
+        folder, _, name = rel.rpartition("/")
+        by_folder.setdefault(folder, []).append((index, name))
+    missing = []
+    for folder, entries in by_folder.items():
+        try:
+            with os.scandir(os.path.join(root, folder)) as listing:
+                files = {entry.name for entry in listing if entry.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            files = set()
+        missing += [index for index, name in entries if name not in files]
+    if missing:
+        first = min(missing)
+        more = f" ({len(missing) - 1} more listed images are missing)" if len(missing) > 1 else ""
+        raise ListFormatError(
+            f"{image_list.source}:{image_list.line_of(first)}: image {os.path.join(root, image_list.paths[first])} "
+            f"does not exist{more}"
+        )

@@ -24,7 +24,7 @@ from .images.source import ImageSource
 from .images.spec import InputSpec
 from .distributed import epoch_batches
 from .execution import ExecutionSettings
-from .experts import ExpertSettings, expert_training_set, expert_validation_set, output_class_ids
+from .experts import ExpertSettings, expert_training_set, expert_validation_set, output_class_ids, small_reject_sample
 from .lists import ImageList, check_labels_cover
 from .models import build_model, load_model, save_checkpoint, set_learnable
 from .pretrained import DEFAULT_FORMAT, load_trunk_weights
@@ -68,10 +68,14 @@ def base_task(train_list: ImageList, val_list: ImageList, backbone: dict,
 
 def expert_task(split: str, train_list: ImageList, val_list: ImageList, classes_csv: str | Path,
                 base_weights: str | Path, settings: ExpertSettings, seed: int,
-                log: Callable[[str], None] = print) -> Task:
+                log: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+                config_key: str = "experts") -> Task:
     """A ``(k+1)``-way expert of class split ``split`` (the classes table says which classes):
     the base model's feature extractor and a fresh classifier head, trained on its split's
-    images plus an open-set sample of the others (``seed`` draws it)."""
+    images plus an open-set sample of the others (``seed`` draws it). ``warn`` (``log`` if
+    None) hears when that sample is too small to teach the reject output
+    (:func:`balanced_experts.experts.small_reject_sample`), naming the key
+    ``<config_key>.<split>.open_ratio``."""
     # The base model is built (its random initialisation drawn) before the expert's: the
     # order fixes the expert's initial classifier.
     base, base_meta = load_model(base_weights)
@@ -91,6 +95,9 @@ def expert_task(split: str, train_list: ImageList, val_list: ImageList, classes_
         f"({train_set.num_reject} reject, open_ratio {settings.open_ratio}), "
         f"{len(val_set)} validation images ({val_set.num_reject} reject), "
         f"num_learnable {settings.num_learnable}")
+    problem = small_reject_sample(train_list.labels, split_classes, train_set, settings.open_ratio)
+    if problem:
+        (warn or log)(f"warning: {config_key}.{split}.open_ratio: {problem}")
     return Task(model, parameters, backbone, num_classes, outputs, train_set.indices, train_set.targets,
                 val_set.indices, val_set.targets,
                 {"open_ratio": float(settings.open_ratio), "num_learnable": int(settings.num_learnable)})

@@ -20,22 +20,55 @@ def setting_config(wildcards):
 PREPARED_DATA_KINDS = ("synthetic", "cifar")
 
 
-def existing_path(setting, key, kind="file", hint=""):
-    """The path at config key ``<key>`` (dotted) of a setting (a dataset's main settings or
-    a variant), which must exist.
-
-    Called from input functions, so only for datasets a target actually needs: the
-    default (synthetic) run does not care whether the Places-LT root exists here. The
-    error is one line naming the key and the path, before any job starts.
-    """
+def path_problem(setting, key, kind="file", hint=""):
+    """What is wrong with the path at config key ``<key>`` (dotted) of a setting (a
+    dataset's main settings or a variant), which must exist: one line naming the key and
+    the path, or None; and the path."""
     value = config_slice(EXPERIMENTS.settings[setting], key.split("."))
     where = f"config key {setting_key(setting)}.{key}"
     if not value:
-        raise WorkflowError(f"{where} is not set")
+        return f"{where} is not set", value
     if kind == "dir" and not Path(value).is_dir():
-        raise WorkflowError(f"{where}: {value} is not an existing folder{hint}")
+        return f"{where}: {value} is not an existing folder{hint}", value
     if kind == "file" and not Path(value).is_file():
-        raise WorkflowError(f"{where}: {value} does not exist{hint}")
+        return f"{where}: {value} does not exist{hint}", value
+    return None, value
+
+
+def existing_path(setting, key, kind="file", hint=""):
+    """The path at config key ``<key>`` of a setting, which must exist when a job that reads
+    it is to run: Snakemake's rule for a missing input (a WorkflowError, which it drops when
+    the job's outputs exist, e.g. pretrained weights deleted after the base model trained).
+
+    Called from input functions, so only for datasets a target actually needs: the
+    default (synthetic) run does not care whether the Places-LT root exists here.
+    """
+    problem, value = path_problem(setting, key, kind, hint)
+    if problem:
+        raise WorkflowError(problem)
+    return value
+
+
+def stop(message):
+    """End Snakemake with ``message`` as its one line, from an input function, whether or not
+    the job's outputs exist.
+
+    A WorkflowError (or any Exception) raised in an input function is not that: Snakemake
+    wraps it in an InputFunctionException (the wildcards and a traceback), and while it
+    builds the DAG it drops the error of a job whose outputs exist (dag.py, ``update_``),
+    so a broken list behind a finished run gave "Nothing to be done". SystemExit is no
+    Exception: no `except` of the DAG's passes it on, and Python prints the message. It
+    leaves no lock (Snakemake locks after the DAG is built).
+    """
+    raise SystemExit(message)
+
+
+def dataset_path(dataset, key, kind="file"):
+    """The path at config key ``<key>`` of a `lists` dataset's data (its root, its list
+    files), which must exist for every target of the dataset: else :func:`stop`."""
+    problem, value = path_problem(dataset, key, kind)
+    if problem:
+        stop(problem)
     return value
 
 
@@ -44,24 +77,24 @@ def image_root(wildcards):
     dataset = dataset_of(wildcards)
     if EXPERIMENTS.settings[dataset]["data"]["kind"] in PREPARED_DATA_KINDS:
         return paths.DATA.format(dataset=dataset)
-    return existing_path(dataset, "data.root", kind="dir")
+    return dataset_path(dataset, "data.root", kind="dir")
 
 
 def list_file(split, images=True):
-    """Input function: the list file of one data split of the job's dataset.
+    """Input function: the list file of one data split of the job's dataset, checked
+    (:func:`check_list`).
 
-    ``images``: the job also reads the images, so the image root must exist too; the
-    classes job reads the train list alone and runs without any image.
+    ``images``: the job also reads the images, so the image root and every listed image
+    must exist too; the classes job reads the train list alone and runs without any image.
     """
 
     def _list_file(wildcards):
         dataset = dataset_of(wildcards)
         if EXPERIMENTS.settings[dataset]["data"]["kind"] in PREPARED_DATA_KINDS:
             return paths.DATA_LIST.format(dataset=dataset, split=split)
-        if images:
-            image_root(wildcards)
-        path = existing_path(dataset, f"data.{split}_list")
-        check_list(dataset, split)
+        root = image_root(wildcards) if images else None
+        path = dataset_path(dataset, f"data.{split}_list")
+        check_list(dataset, split, root)
         return path
 
     return _list_file
@@ -72,26 +105,36 @@ def _parsed_list(path, mtime_ns):
     return read_list(path)
 
 
-def check_list(dataset, split):
-    """Parse a user's list file while the DAG is built, so that a malformed line (file and
-    line number) or a label gap (which ids are missing) stops Snakemake before any job
-    starts, not a training job hours later. Train and val must cover 0..C-1, with C from
-    the train list; test labels must lie in that range. Parsed once per file and version.
+@functools.lru_cache(maxsize=None)
+def _listed_images_exist(path, mtime_ns, root):
+    check_images_exist(_parsed_list(path, mtime_ns), root)
+
+
+def check_list(dataset, split, root=None):
+    """Check a user's list file while the DAG is built, for every job that reads it, so that
+    a malformed line (file and line number), a label gap (which ids are missing) or, with
+    ``root``, a listed image that does not exist stops Snakemake before any job starts or
+    any output is removed (Snakemake deletes a job's outputs before it runs it), not a
+    training job hours later. Train and val must cover 0..C-1, with C from the train list;
+    test labels must lie in that range. Parsed, and its images looked up, once per file
+    and version; the error is one line (:func:`stop`).
     """
 
-    def parsed(which):
-        path = Path(existing_path(dataset, f"data.{which}_list"))
-        return _parsed_list(str(path), path.stat().st_mtime_ns)
+    def version(which):
+        path = Path(dataset_path(dataset, f"data.{which}_list"))
+        return str(path), path.stat().st_mtime_ns
 
     try:
-        image_list = parsed(split)
-        num_classes = image_list.num_classes if split == "train" else parsed("train").num_classes
+        image_list = _parsed_list(*version(split))
+        num_classes = image_list.num_classes if split == "train" else _parsed_list(*version("train")).num_classes
         if split != "test":
             check_labels_cover(image_list, num_classes)
         else:
             check_labels_in_range(image_list, num_classes)
+        if root is not None:
+            _listed_images_exist(*version(split), root)
     except (ListFormatError, OSError, UnicodeDecodeError) as error:
-        raise WorkflowError(f"config key datasets.{dataset}.data.{split}_list: {error}") from None
+        stop(f"config key datasets.{dataset}.data.{split}_list: {error}")
 
 
 def cifar_archive(wildcards):

@@ -35,6 +35,7 @@ from balanced_experts.experiments import (  # noqa: E402
 from balanced_experts.imports import library_files  # noqa: E402
 from balanced_experts.lists import (  # noqa: E402
     ListFormatError,
+    check_images_exist,
     check_labels_cover,
     check_labels_in_range,
     read_list,
@@ -94,3 +95,31 @@ def job_attempt(wildcards, attempt):
     """Resource `attempt` of every rule: 1, then 2, ... when `--retries` runs a failed job
     again. The stage writes it in the header line that starts each attempt in its log."""
     return attempt
+
+
+def unwritable_folder(path):
+    """The folder that writing ``path`` needs, the nearest existing one above it, when this
+    process cannot write in it (a read-only mount, or no permission); else None."""
+    folder = Path(path).parent
+    while not folder.exists():
+        folder = folder.parent
+    return None if os.access(folder, os.W_OK | os.X_OK) else folder
+
+
+def check_results_writable():
+    """Before the first job: every file a job to run writes (outputs, log, benchmark) must
+    be writable, else one line names the folder. Snakemake itself finds out only when it
+    creates a job's output folder, after the job has started, with a WorkflowError and the
+    OS error (e.g. the first run of a new variant in a read-only results folder)."""
+    for job in workflow.dag.needrun_jobs():
+        for path in [*job.output, *job.log, *([job.benchmark] if job.benchmark else [])]:
+            folder = unwritable_folder(path)
+            if folder is not None:
+                read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+                why = "on a read-only file system" if read_only else "not writable by this user"
+                sys.exit(f"{folder} is {why}; job {job.rule.name} writes {path} (nothing was run)")
+
+
+# After the DAG is built, before any job starts; not in a dry run.
+onstart:
+    check_results_writable()

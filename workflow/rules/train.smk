@@ -58,6 +58,7 @@ rule train_expert:
     params:
         **stage_params("train_expert"),
         root=image_root,
+        config_key=lambda wildcards: setting_key(wildcards.setting),  # names the setting in warnings
     script:
         "../scripts/train.py"
 

@@ -28,11 +28,14 @@ from balanced_experts.training import NonFiniteLoss, TrainSettings, job_checkpoi
 
 
 def make_task(name: str, train_list: ImageList, val_list: ImageList, params: dict, classes: str | None,
-              base: str | None, seed: int, log: logging.Logger) -> Task:
+              base: str | None, seed: int, log: logging.Logger, rank: int) -> Task:
     """The base model's task, or expert ``name``'s (from the classes table and the base weights)."""
     if name != "base":
         expert = ExpertSettings.from_config(params["train"])
-        return expert_task(name, train_list, val_list, classes, base, expert, seed, log.info)
+        # A warning once per job, from rank 0 (every rank's logger writes warnings to stderr).
+        warn = log.warning if rank == 0 else lambda _: None
+        return expert_task(name, train_list, val_list, classes, base, expert, seed, log.info, warn,
+                           config_key=f"{params['config_key']}.experts")
     try:
         return base_task(train_list, val_list, params["backbone"], log.info)
     except PretrainedWeightsError as error:
@@ -66,7 +69,7 @@ def main(snakemake) -> None:
 
     # The model, and which images it learns from and is validated on.
     train_list, val_list = read_list(train_path), read_list(val_path)
-    task = make_task(name, train_list, val_list, params, classes, base, settings.seed, log)
+    task = make_task(name, train_list, val_list, params, classes, base, settings.seed, log, rank)
     check_labels_cover(val_list, task.num_classes)
 
     # Train it on its images. The epoch checkpoint, resumed only by a run of the same model,
