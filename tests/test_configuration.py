@@ -143,7 +143,7 @@ def _owners(variant: dict) -> dict[tuple[str, str | None], str]:
             *[("train_decoupled", m) for m in ("crt", "lws")],
             *[("train_expert", e) for e in ("many", "medium", "few")],
             *[("train_peer", p) for p in PEER_METHODS],
-            *[("logits", m) for m in MODELS], ("calibrate", None)]
+            *[("logits", m) for m in MODELS], ("calibrate", None), ("sade_test_time", None)]
     assert {stage for stage, _ in jobs} == set(STAGES)
     return {job: experiments.owner("tiny/variants/v", job[0], 1, job[1]) for job in jobs}
 
@@ -160,6 +160,10 @@ def test_variant_shares_every_stage_it_does_not_change():
     # One peer's setting: that peer alone; the base recipe: the base model and every peer.
     assert _own(_owners({"peers": {"ldam_drw": {"scale": 16}}})) == {("train_peer", "ldam_drw"),
                                                                      ("logits", "ldam_drw")}
+    # SADE's test-time settings: its aggregation alone; its model's: its chain.
+    assert _own(_owners({"peers": {"sade": {"test_time": {"epochs": 3}}}})) == {("sade_test_time", None)}
+    assert _own(_owners({"peers": {"sade": {"inverse_prior_power": 1.0}}})) == {
+        ("train_peer", "sade"), ("logits", "sade"), ("sade_test_time", None)}
     owners = _owners({"base": {"lr": 0.01}})
     assert _own(owners) == set(owners) - {("classes", None), ("image_cache", None)}
     # New class splits: new experts on the shared base model.

@@ -19,7 +19,7 @@ from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import REJECT_SAMPLINGS, ExpertSettings
 from balanced_experts.images.augment import AUGMENTATIONS
 from balanced_experts.images.spec import InputSpec
-from balanced_experts.methods import METHODS, PEER_METHODS, PEER_SWITCH, PROPOSED
+from balanced_experts.methods import METHODS, PEER_METHODS, PEER_SWITCH, PROPOSED, TEST_TIME_METHODS
 from balanced_experts.models import BACKBONES, FROZEN_BN_MODES, LongTailNet, build_model
 from balanced_experts.peers import PEERS, default_config
 from balanced_experts.plots import METHOD_STYLES
@@ -192,7 +192,7 @@ def test_every_registered_backbone_and_scheduler_works():
 # -- method names ------------------------------------------------------------------------------
 
 def test_the_plots_style_methods_of_the_report_in_its_order():
-    assert list(METHOD_STYLES) == [m for m in METHODS if m in METHOD_STYLES]
+    assert list(METHOD_STYLES) == [m for m in (*METHODS, *TEST_TIME_METHODS) if m in METHOD_STYLES]
     assert PROPOSED in METHOD_STYLES
 
 

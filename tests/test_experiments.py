@@ -25,7 +25,8 @@ def replicate_jobs(setting: str, seed: int) -> set[tuple[str, str]]:
             | {("train_decoupled", f"{where}, method={m}") for m in ("crt", "lws")}
             | {("train_expert", f"{where}, expert={e}") for e in ("many", "medium", "few")}
             | {("train_peer", f"{where}, peer={p}") for p in PEER_METHODS}
-            | {("logits", f"{where}, model={m}, split={s}") for m in MODELS for s in ("train", "val", "test")})
+            | {("logits", f"{where}, model={m}, split={s}") for m in MODELS for s in ("train", "val", "test")}
+            | {("sade_test_time", where)})
 
 
 # -- seeds (conftest's two_seeds: the finished one-seed tiny run with a second seed added) ---
@@ -138,6 +139,16 @@ def test_variant_of_one_peer_plans_only_that_peers_chain(tiny_run, tmp_path):
         ("resolved_config", "setting=tiny/variants/scale16"),
         ("compare", "dataset=tiny"),
     }
+
+
+def test_variant_of_sades_test_time_plans_only_its_aggregation(tiny_run, tmp_path):
+    """SADE's test-time settings are not its training's: a variant of them learns the
+    aggregation again on the main settings' SADE model, and trains nothing."""
+    _, planned = edited_copy(tiny_run, tmp_path / "run", lambda tiny: tiny.update(
+        variants={"tt3": {"peers": {"sade": {"test_time": {"epochs": 3}}}}}))
+    where = "setting=tiny/variants/tt3, seed=0"
+    assert planned == {("sade_test_time", where), ("report", where), ("aggregate", "setting=tiny/variants/tt3"),
+                       ("resolved_config", "setting=tiny/variants/tt3"), ("compare", "dataset=tiny")}
 
 
 def test_switching_a_peer_off_trains_nothing_and_drops_its_row(tiny_run, tmp_path):

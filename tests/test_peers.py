@@ -12,8 +12,8 @@ from torch import nn
 from balanced_experts.models import (CLASSIFIERS, CosineClassifier, build_model, load_model, save_checkpoint,
                                      set_learnable)
 from balanced_experts.methods import METHODS, PEER_METHODS, enabled_peers
-from balanced_experts.peers import (PEERS, LdamDrw, class_balanced_weights, class_margins, default_config,
-                                    deferred_epochs, ldam_loss, peer_settings)
+from balanced_experts.ldam import class_balanced_weights, class_margins, deferred_epochs, ldam_loss
+from balanced_experts.peers import PEERS, LdamDrw, default_config, peer_settings
 from balanced_experts.training import TrainSettings, fit
 
 TINY_BACKBONE = {"name": "resnet_cifar8", "width": 2, "embed_dim": 8}
@@ -166,6 +166,14 @@ def test_defaults_are_the_papers_and_the_config_section_derives_from_them():
     assert default_config() == {
         "balanced_softmax": {"enabled": True},
         "ldam_drw": {"enabled": True, "max_margin": 0.5, "scale": 30.0, "drw_start": 0.8, "drw_beta": 0.9999},
+        # RIDELoss's defaults, RIDE's 3 experts at 0.75 width with a cosine classifier (s 30).
+        "ride": {"enabled": True, "num_experts": 3, "expert_width": 0.75, "classifier_scale": 30.0,
+                 "diversity_factor": -0.2, "diversity_temperature": 1.0, "reweight_factor": 0.05,
+                 "max_margin": 0.5, "drw_start": 0.8, "drw_beta": 0.9999},
+        # SADE's lambda (tau) 2 and its test-time settings (the lr is the dataset's base lr).
+        "sade": {"enabled": True, "expert_width": 0.75, "classifier_scale": 30.0, "inverse_prior_power": 2.0,
+                 "test_time": {"epochs": 5, "batch_size": 128, "momentum": 0.9, "weight_decay": 0.0005,
+                               "nesterov": True, "min_weight": 0.05, "seed": 0}},
     }
     for name, section in default_config().items():
         assert peer_settings(name, section) == PEERS[name]()
@@ -178,16 +186,19 @@ def test_peer_config_errors_name_the_key():
         peer_settings("ldam_drw", {"sacle": 30})
     with pytest.raises(ValueError, match=r"peers\.ldam_drw\.drw_start must be in \[0, 1\], got 1\.5"):
         peer_settings("ldam_drw", {"drw_start": 1.5})
-    with pytest.raises(ValueError, match="unknown peer 'ride'"):
-        peer_settings("ride", {})
-    with pytest.raises(ValueError, match="peers: unknown peer ride"):
-        enabled_peers({"ride": {}})
+    with pytest.raises(ValueError, match="unknown peer 'rid'"):
+        peer_settings("rid", {})
+    with pytest.raises(ValueError, match="peers: unknown peer rid"):
+        enabled_peers({"rid": {}})
+    with pytest.raises(ValueError, match=r"peers\.sade: unknown key lambda; known: enabled, expert_width"):
+        peer_settings("sade", {"lambda": 1})
 
 
 def test_each_peer_switches_off_on_its_own():
     assert enabled_peers(default_config()) == list(PEERS)
-    assert enabled_peers({"ldam_drw": {"enabled": False}}) == ["balanced_softmax"]
-    assert enabled_peers({"balanced_softmax": {"enabled": False}, "ldam_drw": None}) == ["ldam_drw"]
+    assert enabled_peers({"ldam_drw": {"enabled": False}}) == ["balanced_softmax", "ride", "sade"]
+    assert enabled_peers({"balanced_softmax": {"enabled": False}, "ldam_drw": None, "ride": {"enabled": False},
+                          "sade": {"enabled": False}}) == ["ldam_drw"]
 
 
 # -- the training loop's loss hook --------------------------------------------------------
@@ -251,3 +262,40 @@ def test_fit_trains_a_peer_with_its_epoch_loss(tmp_path):
     assert np.isfinite(loss).all() and loss[2] < loss[1] < loss[0] and loss[3] > loss[2]
     plain, _ = _toy_fit(tmp_path / "ce", peer.backbone(TINY_BACKBONE))
     assert not torch.equal(plain.classifier.weight, model.classifier.weight)
+
+
+@pytest.mark.slow
+def test_fit_scores_a_multi_expert_model_by_its_experts_mean(tmp_path):
+    """A multi-expert peer through fit: the loss sees every expert's logits (N x E x C), the
+    training accuracy and validation the experts' mean (logits_of); the kept epoch's val
+    accuracy is that of the mean logits of the weights it returns."""
+    from balanced_experts.multi_expert import build_multi_expert, mean_logits
+    from balanced_experts.peers import Sade
+
+    torch.manual_seed(0)
+    peer, (x, y) = Sade(), _toy_data()
+    model = build_multi_expert(TINY_BACKBONE, 3, peer.multi_expert_settings())
+    settings = TrainSettings(epochs=2, batch_size=8, lr=0.05, seed=0)
+    shapes = []
+    criterion = peer.loss([24, 6, 2], settings.epochs)
+
+    def recording(epoch):
+        def loss(outputs, targets):
+            shapes.append(tuple(outputs.shape))
+            return criterion(epoch)(outputs, targets)
+        return loss
+
+    def train_batches(generator):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), settings.batch_size):
+            yield x[order[start:start + settings.batch_size]], y[order[start:start + settings.batch_size]]
+
+    result = fit(model, list(model.parameters()), train_batches, lambda: [(x, y)], steps_per_epoch=4,
+                 settings=settings, name="sade", metrics_path=tmp_path / "metrics.csv", log=lambda line: None,
+                 loss=recording, logits_of=mean_logits)
+    assert set(shapes) == {(8, 3, 3)}
+    model.load_state_dict(result["state_dict"])
+    model.eval()
+    with torch.no_grad():
+        accuracy = 100.0 * (mean_logits(model(x)).argmax(1) == y).float().mean().item()
+    assert result["best_val_acc"] == pytest.approx(accuracy)

@@ -160,7 +160,7 @@ def test_peers_train_on_the_base_recipe_and_carry_their_prior(tiny_run):
     base, _ = load_model(results / "models/base/weights.pt")
     shift = pd.read_csv(results / "test_shift.csv").set_index(["method", "distribution", "imbalance"])
     heads = {"balanced_softmax": torch.nn.Linear, "ldam_drw": CosineClassifier}
-    assert set(heads) == set(methods.PEER_METHODS)
+    assert set(heads) | set(MULTI_EXPERT_PEERS) == set(methods.PEER_METHODS)
     for name, head in heads.items():
         peer = peer_settings(name, config.get("peers", {}).get(name))
         model, meta = load_model(results / f"models/{name}/weights.pt")
@@ -175,6 +175,76 @@ def test_peers_train_on_the_base_recipe_and_carry_their_prior(tiny_run):
             row = shift.loc[(name, "uniform", 1)]
             assert row["accuracy_adapted"] == row["accuracy"]
     assert model.classifier.scale == peer.scale
+
+
+MULTI_EXPERT_PEERS = ("ride", "sade")
+
+
+def test_multi_expert_peers_train_their_experts_and_score_their_mean(tiny_run):
+    """RIDE and SADE: a multi-expert model rebuilt from its weights' metadata, trained for the
+    base model's epochs; its logits are its experts' mean, and carry its kept epoch's prior."""
+    import torch
+
+    from balanced_experts.images.source import ImageSource
+    from balanced_experts.images.spec import InputSpec
+    from balanced_experts.lists import read_list
+    from balanced_experts.multi_expert import MultiExpertNet, load_multi_expert, mean_logits
+    from balanced_experts.peers import peer_settings
+
+    config = tiny_config()["datasets"]["tiny"]
+    results = tiny_run / "results/tiny/seed0"
+    counts = pd.read_csv(tiny_run / "results/tiny/classes.csv")["train_count"].to_numpy()
+    test_list = read_list(tiny_run / "results/tiny/data/test.txt")
+    source = ImageSource.open(tiny_run / "results/tiny/data", test_list, InputSpec.from_config(config["input"]),
+                              cache=results.parent / "cache/test.npy")
+    images = torch.cat([x for x, _ in source.batches(np.arange(len(test_list)), test_list.labels, 64, False,
+                                                      torch.device("cpu"))])
+    for name in MULTI_EXPERT_PEERS:
+        peer = peer_settings(name, config["peers"][name])
+        model, meta = load_multi_expert(results / f"models/{name}/weights.pt")
+        assert isinstance(model, MultiExpertNet) and model.num_experts == 3
+        assert meta["multi_expert"] == peer.multi_expert_settings()
+        assert len(pd.read_csv(results / f"models/{name}/metrics.csv")) == config["base"]["epochs"]
+        np.testing.assert_allclose(meta["prior"], peer.prior(counts, meta["best_epoch"], config["base"]["epochs"]))
+        logits = read_logits(results / f"logits/{name}/test.parquet")
+        assert logits.meta["prior"] == meta["prior"]
+        with torch.no_grad():
+            expected = mean_logits(model.eval()(images)).numpy()
+        np.testing.assert_allclose(logits.logits, expected, rtol=1e-4, atol=1e-4)
+    # RIDE's experts, trained jointly from one initialisation, ended apart.
+    ride, _ = load_multi_expert(results / "models/ride/weights.pt")
+    with torch.no_grad():
+        experts = ride.eval()(images)
+    assert not torch.allclose(experts[:, 0], experts[:, 1])
+
+
+def test_sade_test_time_row_of_the_shift_table(tiny_run):
+    """SADE's test-time aggregation: for every shifted test distribution, a drawn test set, the
+    learned expert weights (a distribution over its 3 experts) and their accuracy, which is
+    the sade_test_time row of test_shift.csv (no adapted column: it never sees the prior)."""
+    from balanced_experts.sade import AGNOSTIC_COLUMNS, shifted_counts
+    from balanced_experts.shift import DISTRIBUTIONS, shifted_prior
+
+    results = tiny_run / "results/tiny/seed0"
+    table = pd.read_csv(results / "test_time/sade.csv")
+    assert list(table.columns) == AGNOSTIC_COLUMNS + [f"weight_{k}" for k in range(3)]
+    assert list(zip(table["distribution"], table["imbalance"])) == list(DISTRIBUTIONS)
+    weights = table.filter(like="weight_").to_numpy()
+    np.testing.assert_allclose(weights.sum(1), 1, atol=2e-4)
+    assert (weights > 0).all()
+    counts = pd.read_csv(tiny_run / "results/tiny/classes.csv")["train_count"].to_numpy()
+    available = np.bincount(read_logits(results / "logits/sade/test.parquet").labels, minlength=len(counts))
+    assert table["images"].tolist() == [
+        int(shifted_counts(available, shifted_prior(counts, d, rho)).sum()) for d, rho in DISTRIBUTIONS]
+    uniform = table.set_index("distribution").loc["uniform"]
+    report = pd.read_csv(results / "report.csv").set_index("method")
+    # On the whole balanced test set with equal weights: the report's sade row.
+    assert uniform["accuracy_equal_weights"] == pytest.approx(report.loc["sade", "all"], abs=0.011)
+    shift = pd.read_csv(results / "test_shift.csv")
+    row = shift[shift["method"] == "sade_test_time"]
+    np.testing.assert_allclose(row["accuracy"], table["accuracy"], atol=0.006)
+    assert row["accuracy_adapted"].isna().all()
+    assert "sade_test_time" in pd.read_csv(tiny_run / "results/tiny/test_shift.csv")["method"].tolist()
 
 
 def test_cached_features_rerun_only_the_crt_chain(edited_run):
@@ -250,7 +320,7 @@ def test_shifted_test_distributions(tiny_run):
     shift = pd.read_csv(tiny_run / "results/tiny/seed0/test_shift.csv")
     assert list(shift.columns) == SHIFT_COLUMNS
     with_probabilities = [m for m in METHODS if m != "oracle"]
-    assert shift["method"].unique().tolist() == with_probabilities
+    assert shift["method"].unique().tolist() == with_probabilities + list(methods.TEST_TIME_METHODS)
     assert list(zip(shift["distribution"], shift["imbalance"]))[:len(DISTRIBUTIONS)] == list(DISTRIBUTIONS)
     uniform = shift[shift["distribution"] == "uniform"].set_index("method")
     for method in with_probabilities:

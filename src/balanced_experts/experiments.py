@@ -59,7 +59,10 @@ class Stage:
     decoupled method or peer);
     ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads
     (tests/test_artifacts.py holds it against the rules' inputs);
-    ``trains``: its ``train`` slice's ``seed`` is derived from the replicate.
+    ``seeded``: the slice whose ``seed`` is derived from the replicate (a training stage's
+    ``train``);
+    ``omit``: slice name -> keys left out of it (a stage that another stage's settings sit
+    inside: the SADE peer's training reads ``peers.sade`` but its ``test_time``).
 
     Whether a stage runs once per replicate or once per setting is its files' business: their
     templates in :mod:`balanced_experts.paths` hold ``{seed}`` or not.
@@ -67,24 +70,30 @@ class Stage:
 
     slices: dict[str, tuple[str, ...]]
     upstream: Callable[[str | None], list[tuple[str, str | None]]] = lambda key: []
-    trains: bool = False
+    seeded: str | None = None
+    omit: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 STAGES: dict[str, Stage] = {
     "classes": Stage({"class_splits": ("class_splits",)}),
     "image_cache": Stage({"size": ("input", "size")}),
     "train_base": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",)},
-                        lambda key: [("image_cache", None)], trains=True),
+                        lambda key: [("image_cache", None)], seeded="train"),
     "train_expert": Stage({"train": ("experts", "{key}"), "input": ("input",)},
                           lambda key: [("image_cache", None), ("classes", None), ("train_base", None)],
-                          trains=True),
+                          seeded="train"),
     "train_decoupled": Stage({"train": ("{key}",), "input": ("input",)},
-                             lambda key: [("image_cache", None), ("train_base", None)], trains=True),
+                             lambda key: [("image_cache", None), ("train_base", None)], seeded="train"),
     # A peer: the base model's recipe, backbone and input, with its own loss and head.
     "train_peer": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",),
                          "peer": ("peers", "{key}")},
-                        lambda key: [("image_cache", None)], trains=True),
+                        lambda key: [("image_cache", None)], seeded="train", omit={"peer": ("test_time",)}),
     "logits": Stage({"input": ("input",)}, lambda model: [("image_cache", None), training_stage(model)]),
+    # SADE's test-time aggregation: its model's experts on the test images; the lr of its
+    # learned weights is the base model's unless peers.sade.test_time sets one.
+    "sade_test_time": Stage({"lr": ("base", "lr"), "input": ("input",), "test_time": ("peers", "sade", "test_time")},
+                            lambda key: [("image_cache", None), ("train_peer", "sade")],
+                            seeded="test_time"),
     "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS]),
 }
 
@@ -143,8 +152,11 @@ class Experiments:
         expert or model): its config slices, the training seed derived from the replicate."""
         spec = STAGES[stage]
         params = {name: config_slice(self.settings[setting], path, key) for name, path in spec.slices.items()}
-        if spec.trains and seed:
-            params["train"] = {**params["train"], "seed": replicate_seed(params["train"].get("seed", 0), seed)}
+        for name, keys in spec.omit.items():
+            params[name] = {k: v for k, v in params[name].items() if k not in keys}
+        if spec.seeded and seed:
+            seeded = params[spec.seeded]
+            params[spec.seeded] = {**seeded, "seed": replicate_seed(seeded.get("seed", 0), seed)}
         return params
 
     def owner(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> str:

@@ -11,6 +11,10 @@ PEER_METHODS = {
                          "(Balanced Softmax, Ren et al. 2020)"),
     "ldam_drw": ("cosine classifier, label-distribution-aware margins, class-balanced re-weighting deferred "
                  "to the last epochs (LDAM-DRW, Cao et al. 2019)"),
+    "ride": ("RIDE without router: 3 experts on shared early stages, each with LDAM-DRW's loss and a diversity "
+             "term, logits their mean (Wang et al. 2021)"),
+    "sade": ("SADE: 3 experts on shared early stages for a forward, uniform and backward label distribution, "
+             "logits their mean (Zhang et al. 2022)"),
 }
 """The peer methods (balanced_experts.peers.PEERS holds their settings, a test the two
 lists equal): one-stage methods trained on the base model's recipe with their own loss,
@@ -31,6 +35,13 @@ METHODS = {
 }
 """Name -> description of every report row, in report order (a setting's report has the
 rows of the peers it switches on; report_info.json lists its rows)."""
+
+TEST_TIME_METHODS = {
+    "sade_test_time": ("SADE's experts aggregated on each shifted test set's unlabeled images by the stability "
+                       "of two augmented views' predictions: no labels, not the test prior"),
+}
+"""Rows of the shifted-distribution table only (test_shift.csv): methods that adapt to each
+test set itself, so they have no row on the balanced test set of the report."""
 
 GENERALIST = "base"
 """The plain cross-entropy model the other methods start from."""

@@ -40,6 +40,7 @@ from .models import (
     _make_classifier,
     _make_trunk,
     load_checkpoint,
+    load_model,
     torchvision_resnet,
 )
 from .faults import ArtifactError
@@ -195,6 +196,26 @@ def load_multi_expert(path: str | Path) -> tuple[MultiExpertNet, dict]:
         raise ArtifactError(path, f"its tensors do not fit the multi-expert model its metadata describes "
                                   f"({problem})") from None
     return model, meta
+
+
+class ExpertsMean(nn.Module):
+    """A multi-expert model as a single one: its logits are the experts' mean (``N x C``)."""
+
+    def __init__(self, model: MultiExpertNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_logits(self.model(x))
+
+
+def load_scoring_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Any model's weights (``models.load_model``'s, or a multi-expert model's: its meta holds
+    ``multi_expert``) as a model whose forward gives its ``N x C`` logits; returns ``(model, meta)``."""
+    if "multi_expert" in load_checkpoint(path)["meta"]:
+        model, meta = load_multi_expert(path)
+        return ExpertsMean(model), meta
+    return load_model(path)
 
 
 def copy_trunk(model: MultiExpertNet, trunk: nn.Module) -> None:

@@ -6,12 +6,14 @@ of :data:`PEERS` is a frozen dataclass of the method's hyperparameters, at its p
 defaults, that gives what the pipeline needs of it:
 
 * :meth:`Peer.backbone`: the model's backbone config with the classifier head it needs;
+* :meth:`Peer.task`: what its training job trains (:class:`balanced_experts.tasks.Task`):
+  the base model's task with the peer's model;
 * :meth:`Peer.loss`: ``loss(epoch) -> criterion(logits, targets)``, the argument ``loss``
   of :func:`balanced_experts.training.fit`;
 * :meth:`Peer.prior`: the class prior its test-time probabilities carry (for prior
   adaptation in :mod:`balanced_experts.shift`).
 
-The two peers:
+The one-stage peers:
 
 * ``balanced_softmax`` (Ren et al., NeurIPS 2020): softmax cross-entropy on ``z + log pi``,
   with ``pi`` the training prior; the plain logits ``z`` at test time. A plain linear
@@ -24,15 +26,21 @@ The two peers:
   ``(1 - beta) / (1 - beta^n_c)`` (Cui et al., CVPR 2019), the weights normalised to sum to
   the number of classes. Test time: the scaled cosines, no margin.
 
-docs/METHOD.md (Peers) states what the papers leave out, what their code does, and where this
-implementation deviates.
+The multi-expert peers (:class:`MultiExpertPeer`: a :class:`.multi_expert.MultiExpertNet`,
+whose logits are its experts' mean):
+
+* ``ride`` (Wang et al., ICLR 2021): RIDE's loss (:mod:`.ride`), without its router;
+* ``sade`` (Zhang et al., NeurIPS 2022): SADE's three expert losses (:mod:`.sade`); its
+  test-time aggregation is a stage of its own (``sade_test_time``).
+
+docs/METHOD.md (Peers) and docs/multi_expert.md state what the papers leave out, what their
+code does, and where this implementation deviates.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from typing import Callable, ClassVar
 
@@ -41,62 +49,23 @@ import torch
 from torch import nn
 
 from .baselines import log_prior, train_prior
+from . import multi_expert, ride, sade
+from .ldam import checked_counts, class_balanced_weights, class_margins, deferred_epochs, ldam_loss
+from .lists import ImageList
 from .methods import PEER_SWITCH
+from .tasks import Task, base_task
 from .training import Criterion
 
 EpochLoss = Callable[[int], Criterion]
 """``loss(epoch)``: the criterion of each epoch (1, 2, ...), as fit's ``loss`` takes it."""
 
-def checked_counts(train_counts) -> np.ndarray:
-    counts = np.asarray(train_counts, dtype=np.float64)
-    empty = np.flatnonzero(counts <= 0)
-    if empty.size:
-        raise ValueError(f"classes {empty[:20].tolist()} have no training images: their margins, weights "
-                         f"and log prior are undefined")
-    return counts
 
-
-# -- the losses ---------------------------------------------------------------------------
+# -- the loss ------------------------------------------------------------------------------
 
 def balanced_softmax_loss(logits: torch.Tensor, targets: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``softmax(logits + log_prior)``: the softmax a model trained on
     the long-tailed set sees, when its plain logits are meant for the balanced one."""
     return nn.functional.cross_entropy(logits + log_prior, targets)
-
-
-def class_margins(train_counts, max_margin: float) -> np.ndarray:
-    """LDAM's margins ``C / n_c^(1/4)``, ``C`` chosen so that the largest (the rarest class's)
-    is ``max_margin``."""
-    margins = checked_counts(train_counts) ** -0.25
-    return margins * (max_margin / margins.max())
-
-
-def class_balanced_weights(train_counts, beta: float) -> np.ndarray:
-    """Class-balanced weights from the effective number of samples (Cui et al. 2019):
-    ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to the number of classes (as
-    LDAM-DRW's code does). ``beta = 0`` gives 1 for every class."""
-    counts = checked_counts(train_counts)
-    weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
-    return weights * (len(counts) / weights.sum())
-
-
-def ldam_loss(logits: torch.Tensor, targets: torch.Tensor, margins: torch.Tensor,
-              weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy after subtracting ``margins[y]`` from each sample's true-class logit.
-
-    ``margins`` are in logit units (LDAM's margins times the classifier's scale, which the
-    logits already carry). With ``weight``, torch's weighted mean: ``sum_i w_{y_i} l_i /
-    sum_i w_{y_i}`` over the batch, as LDAM-DRW's code computes it.
-    """
-    margin = torch.zeros_like(logits).scatter_(1, targets[:, None], margins[targets][:, None])
-    return nn.functional.cross_entropy(logits - margin, targets, weight=weight)
-
-
-def deferred_epochs(epochs: int, fraction: float) -> int:
-    """The number of epochs DRW trains without weights: ``fraction * epochs`` to the nearest
-    whole epoch (halves up); 160 of 200 at the paper's 0.8. Epoch ``e`` (1, 2, ...) is
-    re-weighted when ``e > deferred_epochs(epochs, fraction)``."""
-    return int(math.floor(fraction * epochs + 0.5))
 
 
 # -- the registry -------------------------------------------------------------------------
@@ -124,6 +93,12 @@ class Peer(ABC):
         It goes into the weights' metadata, from which :func:`balanced_experts.models.load_model`
         rebuilds the model."""
         return dict(backbone_cfg)
+
+    def task(self, train_list: ImageList, val_list: ImageList, backbone_cfg: dict,
+             log: Callable[[str], None] = print) -> Task:
+        """What the peer's job trains: the base model's task (every image of every class, from
+        the pretrained trunk where ``backbone_cfg`` names one) with the peer's head."""
+        return base_task(train_list, val_list, self.backbone(backbone_cfg), log)
 
     @abstractmethod
     def loss(self, train_counts, epochs: int, device: torch.device | str = "cpu") -> EpochLoss:
@@ -202,7 +177,84 @@ class LdamDrw(Peer):
         return mass / mass.sum()
 
 
-PEERS: dict[str, type[Peer]] = {"balanced_softmax": BalancedSoftmax, "ldam_drw": LdamDrw}
+@dataclass(frozen=True)
+class MultiExpertPeer(Peer):
+    """A peer whose model is a :class:`.multi_expert.MultiExpertNet` (shared early stages, the
+    later ones and a cosine classifier per expert); its logits are the experts' mean."""
+
+    classifier: ClassVar[str] = multi_expert.DEFAULTS["classifier"]
+    num_experts: ClassVar[int] = multi_expert.DEFAULTS["num_experts"]
+
+    expert_width: float = multi_expert.DEFAULTS["expert_width"]  # of the expert stages, against the single model's
+    classifier_scale: float = multi_expert.DEFAULTS["classifier_scale"]  # s of the experts' cosine classifiers
+
+    def multi_expert_settings(self) -> dict:
+        """The model's settings (:func:`.multi_expert.build_multi_expert`), in the weights' meta."""
+        return {"num_experts": int(self.num_experts), "expert_width": float(self.expert_width),
+                "classifier": self.classifier, "classifier_scale": float(self.classifier_scale)}
+
+    def task(self, train_list: ImageList, val_list: ImageList, backbone_cfg: dict,
+             log: Callable[[str], None] = print) -> Task:
+        """The base model's task with a multi-expert model. Where the backbone has pretrained
+        weights, the shared stages start from the trunk's and every expert's stages from a copy
+        of its later ones (:func:`.multi_expert.copy_trunk`; needs ``expert_width: 1``)."""
+        single = base_task(train_list, val_list, backbone_cfg, log)
+        settings = self.multi_expert_settings()
+        model = multi_expert.build_multi_expert(backbone_cfg, single.num_classes, settings)
+        if backbone_cfg.get("pretrained"):
+            multi_expert.copy_trunk(model, single.model.trunk)
+            log(f"{model.num_experts} experts: shared stages and every expert's start from the pretrained trunk")
+        return replace(single, model=model, parameters=list(model.parameters()), meta={"multi_expert": settings},
+                       logits_of=multi_expert.mean_logits)
+
+
+@dataclass(frozen=True)
+class Ride(MultiExpertPeer):
+    """RIDE without its router, at the defaults of ``RIDELoss`` (frank-xwang/RIDE-LongTailRecognition)."""
+
+    num_experts: int = multi_expert.DEFAULTS["num_experts"]
+    diversity_factor: float = ride.DEFAULTS["diversity_factor"]
+    diversity_temperature: float = ride.DEFAULTS["diversity_temperature"]
+    reweight_factor: float = ride.DEFAULTS["reweight_factor"]
+    max_margin: float = ride.DEFAULTS["max_margin"]
+    drw_start: float = ride.DEFAULTS["drw_start"]
+    drw_beta: float = ride.DEFAULTS["drw_beta"]
+
+    def loss(self, train_counts, epochs: int, device: torch.device | str = "cpu") -> EpochLoss:
+        return ride.ride_loss(train_counts, epochs, self.classifier_scale, self.diversity_factor,
+                              self.diversity_temperature, self.reweight_factor, self.max_margin, self.drw_start,
+                              self.drw_beta)
+
+    def prior(self, train_counts, epoch: int, epochs: int) -> np.ndarray:
+        return ride.ride_prior(train_counts, epoch, epochs, self.drw_start, self.drw_beta)
+
+
+def _test_time_defaults() -> dict:
+    """SADE's test-time aggregation settings but the lr: unset, it is the dataset's base lr
+    (SADE's configs use their training lr)."""
+    return {k: v for k, v in asdict(sade.AggregationSettings()).items() if k != "lr"}
+
+
+@dataclass(frozen=True)
+class Sade(MultiExpertPeer):
+    """SADE's three experts (forward, uniform, backward) at the defaults of its CIFAR-100-LT
+    and ImageNet-LT configs (Vanint/SADE-AgnosticLT); ``test_time``: its aggregation's
+    settings (:class:`.sade.AggregationSettings`), which the stage ``sade_test_time`` reads
+    and its training does not."""
+
+    num_experts: ClassVar[int] = sade.NUM_EXPERTS
+    inverse_prior_power: float = sade.INVERSE_PRIOR_POWER  # lambda of the backward expert's loss
+    test_time: dict = field(default_factory=_test_time_defaults)
+
+    def loss(self, train_counts, epochs: int, device: torch.device | str = "cpu") -> EpochLoss:
+        return sade.sade_loss(train_counts, self.inverse_prior_power)
+
+    def prior(self, train_counts, epoch: int, epochs: int) -> np.ndarray:
+        return sade.sade_prior(train_counts, self.inverse_prior_power)
+
+
+PEERS: dict[str, type[Peer]] = {"balanced_softmax": BalancedSoftmax, "ldam_drw": LdamDrw, "ride": Ride,
+                                "sade": Sade}
 """Every peer method, in the report's order: its name (model and report row) -> its settings."""
 
 

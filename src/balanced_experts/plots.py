@@ -28,6 +28,9 @@ METHOD_STYLES = {
     "experts_calibrated": ("#d62728", "D"),
     "balanced_softmax": ("#1f77b4", "h"),
     "ldam_drw": ("#e377c2", "*"),
+    "ride": ("#2ca02c", "p"),
+    "sade": ("#ff7f0e", "X"),
+    "sade_test_time": ("#ffbb78", "<"),  # the shift plot's only (methods.TEST_TIME_METHODS)
 }
 
 

@@ -14,7 +14,7 @@ from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
                           oracle_predictions, read_calibration)
 from .logits import check_aligned, read_logits
-from .methods import METHODS, PEER_METHODS
+from .methods import METHODS, PEER_METHODS, TEST_TIME_METHODS
 from .metrics import (expected_calibration_error, four_fold_accuracy, negative_log_likelihood,
                       per_class_accuracy)
 from .models import load_checkpoint
@@ -36,10 +36,12 @@ class Report:
 
 
 def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logits: list, expert_logits: list,
-                 calibration, peer_logits: list = ()) -> Report:
+                 calibration, peer_logits: list = (), test_time: dict | None = None) -> Report:
     """``decoupled_logits``: test logits of the decoupled classifiers (rows ``base_<model>``);
     ``expert_logits``: test logits of the experts; ``peer_logits``: test logits of the peers
-    the setting runs (a row each, of the peer's name)."""
+    the setting runs (a row each, of the peer's name); ``test_time``: method -> its table of
+    accuracies on each shifted test set (:data:`.methods.TEST_TIME_METHODS`: SADE's
+    aggregation, ``sade.agnostic_shift_table``), rows of the test-shift table only."""
     classes = read_class_table(classes_csv)
     class_split = classes["split"].to_numpy()
     train_counts = classes["train_count"].to_numpy()
@@ -105,6 +107,8 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
     priors = {m: np.asarray(test[m].meta["prior"]) if m in PEER_METHODS
               else assumed_prior(m, train_counts, class_split, la_tau) for m in probabilities}
     test_shift = shift_table(probabilities, priors, labels, train_counts)
+    test_shift = pd.concat([test_shift, *(test_time_rows(name, path) for name, path in (test_time or {}).items())],
+                           ignore_index=True)
 
     return Report(
         summary=pd.DataFrame(rows, columns=REPORT_COLUMNS),
@@ -116,6 +120,16 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
               "tau_norm_tau": tn_tau, "tau_norm_val_acc": tn_val, "ece_bins": ECE_BINS,
               "methods": {m: METHODS[m] for m in methods}},
     )
+
+
+def test_time_rows(method: str, table_csv) -> pd.DataFrame:
+    """Rows of the test-shift table (``SHIFT_COLUMNS``) of a method that adapts to each shifted
+    test set itself (``table_csv``: its accuracy per distribution): no ``accuracy_adapted``,
+    since it never sees the test prior."""
+    if method not in TEST_TIME_METHODS:
+        raise ValueError(f"{method!r} is not a test-time method; known: {', '.join(TEST_TIME_METHODS)}")
+    table = pd.read_csv(table_csv)
+    return table.assign(method=method, accuracy_adapted=np.nan)[SHIFT_COLUMNS]
 
 
 def split_counts(classes: pd.DataFrame, test_labels: np.ndarray) -> pd.DataFrame:

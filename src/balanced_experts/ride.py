@@ -20,7 +20,7 @@ Its configs set -0.45 / 0.05 for CIFAR-100-LT, -0.2 / 0.02 for ImageNet-LT (ResN
 ResNet-50, ResNeXt-50), -0.2 / 0.015 for iNaturalist, and defer at epoch 160 of 200 (CIFAR)
 or 80 of 100 (the others): ``drw_start`` 0.8; their trainer counts epochs from 1, as
 :func:`.training.fit` does, and reweights when ``epoch > reweight_epoch`` (161-200 of 200),
-as LDAM-DRW's peer (issue 23's ``deferred_epochs``). The expert-assignment router (RIDE's
+as LDAM-DRW's peer (``ldam.deferred_epochs``). The expert-assignment router (RIDE's
 second stage) is not built: a model trained with this loss is "RIDE without router", every
 expert scoring every image.
 """
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import train_prior
-from .peers import checked_counts, class_balanced_weights, class_margins, deferred_epochs, ldam_loss
+from .ldam import checked_counts, class_balanced_weights, class_margins, deferred_epochs, ldam_loss
 from .training import Criterion
 
 DEFAULTS = {"diversity_factor": -0.2, "diversity_temperature": 1.0, "reweight_factor": 0.05, "max_margin": 0.5,
@@ -99,7 +99,7 @@ def ride_prior(train_counts, epoch: int, epochs: int, drw_start: float = DEFAULT
                drw_beta: float = DEFAULTS["drw_beta"]) -> np.ndarray:
     """The class prior the probabilities of the experts' mean carry (for the shift table's
     prior adaptation), of the weights kept after ``epoch`` of an ``epochs``-epoch run: each
-    expert's individual loss is LDAM-DRW's, so LDAM-DRW's (issue 23's ``LdamDrw.prior``):
+    expert's individual loss is LDAM-DRW's, so LDAM-DRW's (``peers.LdamDrw.prior``):
     the training prior before the deferral, ``n_c w_c`` normalised after it; the mean of
     logits that carry one prior carries it too. The diversity term sets no prior."""
     counts = checked_counts(train_counts)

@@ -46,6 +46,7 @@ class Task:
     val_rows: np.ndarray
     val_targets: np.ndarray
     meta: dict  # what the weights' metadata adds for this kind of model
+    logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None  # the logits of its outputs, if not they
 
 
 def base_task(train_list: ImageList, val_list: ImageList, backbone: dict,
@@ -136,7 +137,7 @@ def fit_task(task: Task, name: str, settings: TrainSettings, root: str, lists: t
 
     return fit(task.model, task.parameters, train_batches, val_batches, steps_per_epoch, settings, name, metrics,
                log, **checkpoint, amp=execution.amp, compile=execution.compile,
-               sync_batchnorm=execution.sync_batchnorm, loss=loss)
+               sync_batchnorm=execution.sync_batchnorm, loss=loss, logits_of=task.logits_of)
 
 
 def save_weights(path: str | Path, task: Task, result: dict, name: str) -> None:

@@ -272,14 +272,16 @@ Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train_one_epoch(network: Callable, batches: Iterable, optimizer, scheduler, amp: bool, name: str,
-                    epoch: int, criterion: Criterion) -> tuple[float, int, int]:
-    """One pass of SGD over ``batches`` through ``network`` with ``criterion``: ``(summed loss,
-    correct, images)``. A NaN or infinite loss stops the run (:class:`NonFiniteLoss`)."""
+                    epoch: int, criterion: Criterion, logits_of: Callable | None = None) -> tuple[float, int, int]:
+    """One pass of SGD over ``batches`` through ``network`` with ``criterion`` (on the network's
+    outputs): ``(summed loss, correct, images)``, correct by the argmax of ``logits_of(outputs)``
+    (default: the outputs are the logits). A NaN or infinite loss stops the run
+    (:class:`NonFiniteLoss`)."""
     loss_sum, correct, count = 0.0, 0, 0
     for x, y in batches:
         with autocast(x.device, amp):
-            logits = network(x)
-            loss = criterion(logits.float(), y)
+            outputs = network(x)
+            loss = criterion(outputs.float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"{name}: training loss is {loss.item()} at epoch {epoch} "
@@ -289,6 +291,7 @@ def train_one_epoch(network: Callable, batches: Iterable, optimizer, scheduler, 
         optimizer.step()
         scheduler.step()
         loss_sum += loss.item() * len(y)
+        logits = outputs if logits_of is None else logits_of(outputs.detach())
         correct += (logits.argmax(1) == y).sum().item()
         count += len(y)
     return loss_sum, correct, count
@@ -332,6 +335,7 @@ def fit(
     compile: bool = False,
     sync_batchnorm: bool = True,
     loss: Callable[[int], Criterion] | None = None,
+    logits_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Train ``parameters`` of ``model``; returns the best epoch's state dict and summary.
 
@@ -352,6 +356,8 @@ def fit(
     ``loss(epoch)``: the training criterion of an epoch (1, 2, ...; e.g. a peer method's,
     :mod:`balanced_experts.peers`); by default plain cross-entropy. Validation is scored
     with cross-entropy either way. A loss that changes the run belongs in ``fingerprint``.
+    ``logits_of(outputs)``: the logits of the model's outputs, for the training accuracy and
+    validation (a multi-expert model's: the experts' mean); by default the outputs are the logits.
 
     ``amp``: bf16 autocast on CUDA (a no-op on the CPU). ``compile``: run the forward pass
     through ``torch.compile``; the weights, checkpoints and state dicts stay those of ``model``.
@@ -384,6 +390,7 @@ def fit(
     if is_main:
         _start_metrics_file(metrics_path, progress.rows)
     forward, network = _forward_passes(model, device, world_size, compile, sync_batchnorm, name, log)
+    scored = forward if logits_of is None else (lambda x: logits_of(forward(x)))
 
     first_epoch = progress.epoch + 1
     last_epoch = progress.epoch if progress.stopped else settings.epochs  # a resumed run may have stopped early
@@ -394,7 +401,8 @@ def fit(
         train_mode(model, settings.frozen_bn)
         lr = optimizer.param_groups[0]["lr"]
         criterion = loss(epoch) if loss is not None else nn.functional.cross_entropy
-        totals = train_one_epoch(network, train_batches(generator), optimizer, scheduler, amp, name, epoch, criterion)
+        totals = train_one_epoch(network, train_batches(generator), optimizer, scheduler, amp, name, epoch, criterion,
+                                 logits_of)
         loss_sum, correct, count = _summed_over_ranks(totals, device, world_size)
         train_loss, train_acc = loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
         progress.epoch = epoch
@@ -405,7 +413,7 @@ def fit(
             continue
 
         # Validate; keep the best epoch's weights.
-        val_loss, val_acc = evaluate(model, val_batches(), amp, forward)
+        val_loss, val_acc = evaluate(model, val_batches(), amp, scored)
         seconds = time.perf_counter() - epoch_start
         if val_acc > progress.best_acc:
             progress.best_acc, progress.best_epoch = val_acc, epoch

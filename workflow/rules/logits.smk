@@ -25,3 +25,32 @@ rule logits:
         root=image_root,
     script:
         "../scripts/logits.py"
+
+
+rule sade_test_time:
+    """SADE's test-time aggregation (Zhang et al. 2022): on each shifted test set drawn from the
+    test images, its experts' weights learned from two augmented views' prediction stability,
+    without labels or the test prior; the aggregated accuracy, a row of test_shift.csv."""
+    input:
+        weights=model_file("sade", paths.WEIGHTS),
+        images=list_file("test"),
+        cache=image_cache("test"),
+        train=list_file("train", images=False),  # its class counts
+        code=program_and_library("sade_test_time"),
+    output:
+        table=paths.SADE_TEST_TIME,
+    log:
+        paths.log(paths.REPLICATE, "sade_test_time"),
+    benchmark:
+        paths.benchmark(paths.REPLICATE, "sade_test_time")
+    conda:
+        "../envs/pytorch.yaml"
+    threads: EXECUTION.logits_threads
+    resources:
+        gpu=GPUS_PER_JOB,
+        attempt=job_attempt,
+    params:
+        **stage_params("sade_test_time"),
+        root=image_root,
+    script:
+        "../scripts/sade_test_time.py"

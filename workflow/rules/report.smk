@@ -8,6 +8,7 @@ rule report:
         decoupled=lambda wildcards: [logits_file(method, "test")(wildcards) for method in DECOUPLED_METHODS],
         experts=lambda wildcards: [logits_file(expert, "test")(wildcards) for expert in EXPERTS],
         peers=peer_logits("test"),
+        sade_test_time=sade_test_time_table,
         calibration=calibration_file,
         metrics=metrics_of_every_model,
         code=program_and_library("report"),

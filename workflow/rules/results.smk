@@ -73,6 +73,14 @@ def peer_logits(split):
     ]
 
 
+def sade_test_time_table(wildcards):
+    """Input function: SADE's test-time aggregation table of the job's replicate, where the
+    job's setting runs SADE."""
+    if "sade" not in EXPERIMENTS.peers(wildcards.setting):
+        return []
+    return owned_file(wildcards, paths.SADE_TEST_TIME, "sade_test_time")
+
+
 def logits_path(setting, seed, model, split):
     """One model's logits on one split for replicate ``seed`` of ``setting``, in the folder
     of the setting that scores it."""

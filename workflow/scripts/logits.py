@@ -11,7 +11,8 @@ from balanced_experts.images.spec import InputSpec
 from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, check_labels_in_range, read_list
 from balanced_experts.logits import model_logits_table, predict, write_logits
-from balanced_experts.models import discard_resume_checkpoint, load_model
+from balanced_experts.models import discard_resume_checkpoint
+from balanced_experts.multi_expert import load_scoring_model
 
 
 def main(snakemake) -> None:
@@ -28,8 +29,8 @@ def main(snakemake) -> None:
     device = resolve_device(execution.device)
     setup_torch(threads, 0, device)
 
-    # The model, and the split's images in list order.
-    model, meta = load_model(weights)
+    # The model (a multi-expert one: the experts' mean), and the split's images in list order.
+    model, meta = load_scoring_model(weights)
     model.to(device)
     image_list = read_list(images)
     check_labels_in_range(image_list, meta["num_classes"])

@@ -20,13 +20,14 @@ def main(snakemake) -> None:
     classes, base_val, base_test, base_weights = files.classes, files.base_val, files.base_test, files.base_weights
     decoupled, experts, calibration = list(files.decoupled), list(files.experts), files.calibration
     peers, metrics = list(files.peers), list(files.metrics)  # peers: those the setting runs
+    test_time = {"sade_test_time": files.sade_test_time} if files.sade_test_time else {}  # where it runs SADE
     log = get_logger("report", snakemake.log[0], snakemake.resources.get("attempt"))
     exit_briefly_on(log)
 
     # Every method scored on the test set.
     report = build_report(classes_csv=classes, base_val=base_val, base_test=base_test, base_weights=base_weights,
                           decoupled_logits=decoupled, expert_logits=experts, calibration=calibration,
-                          peer_logits=peers)
+                          peer_logits=peers, test_time=test_time)
     # A failed write that names no file (no space left) names the folder of the outputs.
     with writing(Path(out["report"]).parent):
         report.summary.to_csv(out["report"], index=False, float_format="%.2f")

@@ -1,6 +1,7 @@
 """Stage: train a peer method (balanced_experts.peers): the base model's task (every image,
 the dataset's backbone, from the pretrained trunk where the base model has one) with the
-peer's classifier head, trained on the base model's recipe and seed with the peer's loss.
+peer's classifier head, or the multi-expert model of RIDE and SADE, trained on the base
+model's recipe and seed with the peer's loss.
 
 Steps (main), as train.py's: start the processes; build the peer's model; train it on every
 training image with the peer's epoch loss (tasks.fit_task); save the weights with the class
@@ -21,7 +22,7 @@ from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
 from balanced_experts.peers import peer_settings
 from balanced_experts.pretrained import PretrainedWeightsError
-from balanced_experts.tasks import base_task, fit_task, save_weights
+from balanced_experts.tasks import fit_task, save_weights
 from balanced_experts.training import NonFiniteLoss, TrainSettings, job_checkpoint
 
 
@@ -46,10 +47,10 @@ def main(snakemake) -> None:
     threads = max(1, job_threads // world_size)  # the job's CPUs, shared by its processes
     setup_torch(threads, settings.seed, device)
 
-    # The model: the base model's, with the peer's head.
+    # The model: the base model's, with the peer's head (a multi-expert peer's: its experts).
     train_list, val_list = read_list(train_path), read_list(val_path)
     try:
-        task = base_task(train_list, val_list, peer.backbone(params["backbone"]), log.info)
+        task = peer.task(train_list, val_list, params["backbone"], log.info)
     except PretrainedWeightsError as error:
         # Name the config key: the user fixes the config, not this program.
         message = f"{params['config_key']}.backbone.pretrained.path: {error}"
