@@ -204,11 +204,11 @@ def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
     print(f"places dry run: {len(jobs)} jobs in {seconds:.1f} s")
     rules = [rule for rule, _ in jobs]
     assert sorted(set(rules)) == ["aggregate", "calibrate", "classes", "logits", "report", "resolved_config",
-                                  "train_base", "train_decoupled", "train_expert", "train_peer"]
-    # classes, base, cRT, LWS, 3 experts, 2 peers, logits (base val+test, cRT and LWS test, 3
-    # experts val+test, the peers' test), calibrate, the seed's report, the report over seeds
-    # and the resolved config
-    assert len(jobs) == 25 and rules.count("logits") == 12 and rules.count("train_peer") == 2
+                                  "sade_test_time", "train_base", "train_decoupled", "train_expert", "train_peer"]
+    # classes, base, cRT, LWS, 3 experts, 4 peers, logits (base val+test, cRT and LWS test, 3
+    # experts val+test, the peers' test), SADE's test-time aggregation, calibrate, the seed's
+    # report, the report over seeds and the resolved config
+    assert len(jobs) == 30 and rules.count("logits") == 14 and rules.count("train_peer") == 4
     snakemake(workdir, "--cores", "1", "results/places/classes.csv")
     classes = pd.read_csv(workdir / "results/places/classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 132, "medium": 162, "few": 71}
