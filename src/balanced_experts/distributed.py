@@ -9,6 +9,7 @@ when a process group is initialised, and is unchanged otherwise.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,10 @@ import sys
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .device import resolve_device, setup_torch
+from .faults import exit_briefly_on
+from .joblog import get_logger
 
 
 def under_torchrun() -> bool:
@@ -46,6 +51,23 @@ def start_processes(device: torch.device, nproc: int = 0, gpus: int = 0) -> tupl
     if under_torchrun():
         return join_process_group(device)
     return 0, 1, device
+
+
+def start_training_job(name: str, device_setting: str, nproc: int, gpus: int, job_threads: int, seed: int,
+                       log_path: str | None, attempt: int | None,
+                       *error_types: type[BaseException]) -> tuple[int, int, torch.device, int, logging.Logger]:
+    """The start of a training stage: its processes (:func:`start_processes`), the job's log
+    (rank 0 writes it; the other ranks say only warnings), one-line exits on ``error_types``,
+    and the threads (the job's CPUs shared by its processes) and seeds. Returns ``(rank,
+    world_size, device, threads, log)``."""
+    rank, world_size, device = start_processes(resolve_device(device_setting), nproc, gpus)
+    log = get_logger(f"train_{name}", log_path if rank == 0 else None, attempt)
+    if rank != 0:
+        log.setLevel(logging.WARNING)
+    exit_briefly_on(log, *error_types)
+    threads = max(1, job_threads // world_size)
+    setup_torch(threads, seed, device)
+    return rank, world_size, device, threads, log
 
 
 def join_process_group(device: torch.device) -> tuple[int, int, torch.device]:

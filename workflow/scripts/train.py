@@ -13,14 +13,11 @@ rank 0 writes the log, metrics, epoch checkpoint and weights.
 
 import logging
 
-from balanced_experts.device import resolve_device, setup_torch
-from balanced_experts.distributed import leave_process_group, start_processes
+from balanced_experts.distributed import leave_process_group, start_training_job
 from balanced_experts.execution import ExecutionSettings
 from balanced_experts.experts import ExpertSettings
-from balanced_experts.faults import exit_briefly_on
 from balanced_experts.images.decoding import ImageFileError
 from balanced_experts.images.spec import InputSpec
-from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ImageList, ListFormatError, check_labels_cover, read_list
 from balanced_experts.pretrained import PretrainedWeightsError
 from balanced_experts.tasks import Task, base_task, expert_task, fit_task, save_weights
@@ -57,15 +54,12 @@ def main(snakemake) -> None:
     nproc, gpus = snakemake.resources.get("nproc", 0), snakemake.resources.get("gpu", 0)
     execution = ExecutionSettings.from_config(snakemake.config.get("execution"))
 
-    # The processes (several: under torchrun, rank 0 speaks for the job), threads and seeds.
-    rank, world_size, device = start_processes(resolve_device(execution.device), nproc, gpus)
-    log = get_logger(f"train_{name}", log_path if rank == 0 else None, attempt)
-    if rank != 0:
-        log.setLevel(logging.WARNING)
-    exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
     settings = TrainSettings.from_config(params["train"])
-    threads = max(1, job_threads // world_size)  # the job's CPUs, shared by its processes
-    setup_torch(threads, settings.seed, device)
+
+    # The processes (several: under torchrun, rank 0 speaks for the job), the log, threads and seeds.
+    rank, world_size, device, threads, log = start_training_job(
+        name, execution.device, nproc, gpus, job_threads, settings.seed, log_path, attempt,
+        ListFormatError, ImageFileError, NonFiniteLoss)
 
     # The model, and which images it learns from and is validated on.
     train_list, val_list = read_list(train_path), read_list(val_path)

@@ -8,17 +8,13 @@ training image with the peer's epoch loss (tasks.fit_task); save the weights wit
 prior their probabilities carry (the report's prior adaptation reads it).
 """
 
-import logging
 
 import numpy as np
 
-from balanced_experts.device import resolve_device, setup_torch
-from balanced_experts.distributed import leave_process_group, start_processes
+from balanced_experts.distributed import leave_process_group, start_training_job
 from balanced_experts.execution import ExecutionSettings
-from balanced_experts.faults import exit_briefly_on
 from balanced_experts.images.decoding import ImageFileError
 from balanced_experts.images.spec import InputSpec
-from balanced_experts.joblog import get_logger
 from balanced_experts.lists import ListFormatError, check_labels_cover, read_list
 from balanced_experts.peers import peer_settings
 from balanced_experts.pretrained import PretrainedWeightsError
@@ -37,15 +33,12 @@ def main(snakemake) -> None:
     nproc, gpus = snakemake.resources.get("nproc", 0), snakemake.resources.get("gpu", 0)
     execution = ExecutionSettings.from_config(snakemake.config.get("execution"))
 
-    # The processes (several: under torchrun, rank 0 speaks for the job), threads and seeds.
-    rank, world_size, device = start_processes(resolve_device(execution.device), nproc, gpus)
-    log = get_logger(f"train_{name}", log_path if rank == 0 else None, attempt)
-    if rank != 0:
-        log.setLevel(logging.WARNING)
-    exit_briefly_on(log, ListFormatError, ImageFileError, NonFiniteLoss)
     settings, peer = TrainSettings.from_config(params["train"]), peer_settings(name, params["peer"])
-    threads = max(1, job_threads // world_size)  # the job's CPUs, shared by its processes
-    setup_torch(threads, settings.seed, device)
+
+    # The processes (several: under torchrun, rank 0 speaks for the job), the log, threads and seeds.
+    rank, world_size, device, threads, log = start_training_job(
+        name, execution.device, nproc, gpus, job_threads, settings.seed, log_path, attempt,
+        ListFormatError, ImageFileError, NonFiniteLoss)
 
     # The model: the base model's, with the peer's head (a multi-expert peer's: its experts).
     train_list, val_list = read_list(train_path), read_list(val_path)
