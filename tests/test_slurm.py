@@ -20,11 +20,27 @@ from conftest import REPO, copy_workflow, last_attempt, snakemake
 
 pytestmark = pytest.mark.slurm
 
-# Jobs of the whole DAG on one synthetic dataset: data, classes, base, 3 experts, cRT and
-# LWS, 6 models x 3 splits of logits, calibration, the seed's report and the report over
-# seeds (the resolved config is written by a local rule, outside Slurm).
-JOBS = {"synthetic_data": 1, "image_cache": 3, "classes": 1, "train_base": 1, "train_expert": 3,
-        "train_decoupled": 2, "logits": 18, "calibrate": 1, "report": 1, "aggregate": 1}
+def _local_rules(workdir) -> set[str]:
+    """The rules named in the workflow's ``localrules:`` directives, and ``all``: they run
+    where Snakemake runs, not as Slurm jobs."""
+    sources = [workdir / "Snakefile", *sorted((workdir / "workflow/rules").glob("*.smk"))]
+    # `localrules: a, b` or one indented name a line
+    blocks = re.findall(r"^localrules:([ \t]*\w+(?:,[ \t]*\w+)*|(?:\n[ \t]+\w+,?)+)",
+                        "\n".join(p.read_text() for p in sources), re.M)
+    return {"all", *(name for block in blocks for name in re.findall(r"\w+", block))}
+
+
+def _submitted_rules(workdir) -> list[str]:
+    """The rule of every job a dry run plans to submit to Slurm (every job but the local
+    rules')."""
+    plan = snakemake(workdir, "-n", "--cores", "2")
+    rules = re.findall(r"^rule (\w+):\s*$", plan.stdout + "\n" + plan.stderr, re.M)
+    return sorted(rule for rule in rules if rule not in _local_rules(workdir))
+
+
+def _rule_of(slurm_log) -> str:
+    """The rule of a job's Slurm log (``slurm_logs/rule_<rule>/[<wildcards>/]<id>.log``)."""
+    return next(p.name.removeprefix("rule_") for p in slurm_log.parents if p.name.startswith("rule_"))
 
 
 def _missing_requirements() -> str | None:
@@ -65,8 +81,9 @@ def _completed_jobs(jobcomp_log):
 
 def _slurm_logs(workdir):
     """``{Slurm job id: its log}`` of every job the executor submitted; a job's log lies in
-    ``.snakemake/slurm_logs/rule_<rule>/<wildcards>/<Slurm job id>.log``, one per attempt."""
-    return {int(log.stem): log for log in (workdir / ".snakemake/slurm_logs").glob("rule_*/*/*.log")}
+    ``.snakemake/slurm_logs/rule_<rule>/<wildcards>/<Slurm job id>.log`` (no wildcards
+    folder for a rule without wildcards), one per attempt."""
+    return {int(log.stem): log for log in (workdir / ".snakemake/slurm_logs").glob("rule_*/**/*.log")}
 
 
 def _retried_job(workdir, job_id, fields, slurm_log) -> str:
@@ -74,7 +91,8 @@ def _retried_job(workdir, job_id, fields, slurm_log) -> str:
     Snakemake's line on how its program ended (``died with <Signals.SIGSEGV: 11>``), and
     the end of its earlier attempts in the job's own log (the Python stack of a native
     crash, see balanced_experts.joblog.report_native_crashes)."""
-    rule, wildcards = slurm_log.parent.parent.name.removeprefix("rule_"), slurm_log.parent.name
+    rule = _rule_of(slurm_log)
+    wildcards = slurm_log.parent.name if slurm_log.parent.name != f"rule_{rule}" else ""
     text = slurm_log.read_text(errors="replace")
     said = [line.strip() for line in text.splitlines()
             if re.search(r"died with|Error in rule|exit status|Fatal Python error", line)]
@@ -93,6 +111,8 @@ def _retried_job(workdir, job_id, fields, slurm_log) -> str:
 def test_tiny_pipeline_runs_through_slurm(slurm_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster / "slurm.conf"))
     workdir = copy_workflow(tmp_path / "run")
+    planned = _submitted_rules(workdir)
+    assert {"train_base", "train_expert", "train_peer", "calibrate"} <= set(planned)
     # --workflow-profile replaces profiles/default (see profiles/slurm/config.yaml); the
     # cluster has no sacct, hence squeue, and jobs of seconds are polled from the start.
     # About 200 s on a quiet machine; the limit is for a hung run: on a loaded 2-core
@@ -112,8 +132,8 @@ def test_tiny_pipeline_runs_through_slurm(slurm_cluster, tmp_path, monkeypatch):
                if jobs.get(job_id, {}).get("JobState") != "COMPLETED"]
     assert not retried, "\n\n".join(retried)
     # Each job's log lies in the plugin's folder of its rule under its Slurm job id.
-    rule_of_job = {job_id: log.parent.parent.name.removeprefix("rule_") for job_id, log in slurm_logs.items()}
-    assert sorted(rule_of_job.values()) == sorted(rule for rule, n in JOBS.items() for _ in range(n))
+    rule_of_job = {job_id: _rule_of(log) for job_id, log in slurm_logs.items()}
+    assert sorted(rule_of_job.values()) == planned
     for job_id in rule_of_job:
         assert jobs[job_id]["WorkDir"] == str(workdir)
     # The profile's per-rule requests reached Slurm (runtime in minutes, CPUs).
