@@ -264,9 +264,9 @@ def test_cifar_block_is_torchvisions_basic_block():
 
 @pytest.mark.parametrize("batch", [5, 16])
 @pytest.mark.parametrize("in_planes, planes, size", [(4, 8, 12), (8, 16, 6), (16, 32, 6)])
-def test_the_shortcut_convolution_is_nn_conv2d_to_the_bit(in_planes, planes, size, batch):
+def test_the_shortcut_convolution_is_nn_conv2d_up_to_rounding(in_planes, planes, size, batch):
     """Shortcut1x1 (models.py: it works around a heap overflow in oneDNN's strided 1x1 weight
-    gradient) gives nn.Conv2d's output and gradients exactly, in the tiny model's shapes."""
+    gradient) gives nn.Conv2d's output and gradients up to float32 rounding, in the tiny model's shapes."""
     import contextlib
 
     from balanced_experts.models import Shortcut1x1
@@ -292,8 +292,10 @@ def test_the_shortcut_convolution_is_nn_conv2d_to_the_bit(in_planes, planes, siz
             out.square().sum().backward()
             outputs.append(out)
             grads.append((image.grad, conv.weight.grad))
-    assert torch.equal(outputs[0], outputs[1])
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    # oneDNN sums in another order for the strided kernel on some CPUs (AVX-512 AMD EPYC, at
+    # batch 5): equal up to float32 rounding, not always to the bit.
+    for a, b in [(outputs[0], outputs[1]), *zip(*grads)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
 
 
 # Training steps of the tiny model on the CPU with two threads, at batches of 5 and 3 images:

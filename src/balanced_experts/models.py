@@ -46,7 +46,8 @@ class BasicBlock(nn.Module):
 class Shortcut1x1(nn.Conv2d):
     """The 1x1, stride-s convolution of a residual shortcut; on the CPU with fewer than 16
     input channels it convolves every s-th pixel at stride 1, which gives the same result
-    to the bit.
+    up to float32 rounding (to the bit on some CPUs; the kernels sum in another order on
+    others).
 
     The strided form's weight gradient in oneDNN (PyTorch's CPU convolutions) writes past
     its per-thread workspace for a channels-last input with fewer channels than the
