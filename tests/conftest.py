@@ -179,14 +179,14 @@ def replace_line(path: Path, number: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def edited_copy(workdir: Path, dest: Path, edit) -> tuple[Path, set[tuple[str, str]]]:
+def edited_copy(workdir: Path, dest: Path, edit, *targets: str) -> tuple[Path, set[tuple[str, str]]]:
     """A copy of a finished tiny run with ``edit`` applied to its tiny dataset's config; its
-    dry-run plan."""
+    dry-run plan (of ``targets``; the default target without)."""
     copy_run(workdir, dest)
     config = yaml.safe_load((dest / "config.yaml").read_text())
     edit(config["datasets"]["tiny"])
     write_config(dest, config)
-    return dest, planned_jobs(dest)
+    return dest, planned_jobs(dest, *targets)
 
 
 # -- whole-DAG runs, each done once per session and shared by every module ------------------
@@ -204,20 +204,30 @@ def _tiny_run(top: Path, runs: SharedRuns, nice: bool) -> Path:
     return workdir
 
 
-def _tiny_rerun(top: Path, runs: SharedRuns, nice: bool) -> Path:
-    from realdata import make_cifar_archive
+# The models rerun_models trains again, each of another kind: an expert (its reject sample and
+# early stopping), LWS (class-balanced batches on the base features), RIDE (its diversity loss)
+# and SADE (its three losses and its test-time aggregation).
+RERUN_MODELS = ("many", "lws", "ride", "sade")
 
-    config = tiny_config()
-    config["datasets"]["c100"] = cifar_dataset(make_cifar_archive(top / "cifar-100-python.tar.gz"))
-    workdir = copy_workflow(top / "run", config)
-    # The default target (the tiny dataset's every output, as `snakemake` alone) and c100's report.
-    snakemake(workdir, "--cores", "2", "all", "results/c100/report.csv", nice=nice)
+
+def _rerun_models(top: Path, runs: SharedRuns, nice: bool) -> Path:
+    workdir = copy_run(runs.result("tiny_run"), top / "run")
+    models = "results/tiny/seed0/models"
+    for name in RERUN_MODELS:
+        shutil.rmtree(workdir / models / name)  # a resume checkpoint too: trained from scratch
+    # -R: those models and every job after them (their logits, the calibration, the report).
+    snakemake(workdir, "--cores", "2", "-R", *(f"{models}/{name}/weights.pt" for name in RERUN_MODELS), nice=nice)
     return workdir
+
+
+SEEDS_TARGET = "results/tiny/report.csv"
 
 
 def _two_seeds(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, set[tuple[str, str]]]:
     workdir, planned = edited_copy(runs.result("tiny_run"), top / "run", lambda tiny: tiny.update(seeds=[0, 1]))
-    snakemake(workdir, "--cores", "2", nice=nice)
+    # The report over both seeds, not the default target: seed 1's logits that no report
+    # reads (train-split ones, most models' val) are left out, 17 of its 47 jobs.
+    snakemake(workdir, "--cores", "2", SEEDS_TARGET, nice=nice)
     return workdir, planned
 
 
@@ -228,13 +238,16 @@ def _variant_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, set[tup
     return workdir, planned
 
 
-def _mini_lists_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]:
-    """A user's `lists` dataset ``mini`` (an ImageNet-LT-style root of JPEG files) in its own
-    file, given with --configfile: its data section, its image size and a backbone name; the
-    rest comes from `defaults` (the tiny training settings with a file loader)."""
+def _user_data_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]:
+    """Two kinds of a user's data, their whole DAGs in one invocation (two independent DAGs
+    keep both cores busy): ``mini``, a `lists` dataset (an ImageNet-LT-style root of JPEG
+    files) in its own file, given with --configfile: its data section, its image size and a
+    backbone name; the rest comes from `defaults` (the tiny training settings with a file
+    loader, and the repository's default peers: Balanced Softmax and LDAM-DRW). ``c100``, a
+    mini CIFAR-100-LT archive (cifar_dataset), without peers."""
     import copy
 
-    from realdata import make_imagenet_lt_root
+    from realdata import make_cifar_archive, make_imagenet_lt_root
 
     root = make_imagenet_lt_root(top / "imagenet_lt")
     config = tiny_config()
@@ -243,18 +256,22 @@ def _mini_lists_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict
     defaults["class_splits"] = {"many_threshold": 12, "few_threshold": 5}  # 2 / 2 / 2 classes
     defaults["input"] = {"augment": "imagenet", "preload": False, "workers": 0}
     defaults["backbone"] = {"embed_dim": 16}
+    defaults["peers"].update(ride={"enabled": False}, sade={"enabled": False})
     config["defaults"] = defaults
+    config["datasets"]["c100"] = cifar_dataset(make_cifar_archive(top / "cifar-100-python.tar.gz"))
+    config["datasets"]["c100"]["peers"] = {name: {"enabled": False} for name in TINY_DATASET["peers"]}
     workdir = copy_workflow(top / "wf", config)
     user = {"datasets": {"mini": {"data": {"kind": "lists", **root}, "input": {"size": 16},
                                   "backbone": {"name": "resnet10"}}}}
     (workdir / "mini.yaml").write_text(yaml.safe_dump(user))
-    # The target goes first: --configfile takes every file name that follows it.
-    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "--configfile", "mini.yaml", nice=nice)
+    # The targets go first: --configfile takes every file name that follows it.
+    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "results/c100/report.csv",
+              "--configfile", "mini.yaml", nice=nice)
     return workdir, root
 
 
 SHARED_RUNS = {"tiny_run": _tiny_run, "two_seeds": _two_seeds, "variant_run": _variant_run,
-               "mini_lists_run": _mini_lists_run, "tiny_rerun": _tiny_rerun}
+               "user_data_run": _user_data_run, "rerun_models": _rerun_models}
 
 
 class SharedRuns:
@@ -332,16 +349,16 @@ def tiny_run(shared_runs) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_rerun(shared_runs) -> Path:
-    """A second run of the tiny config from scratch (the determinism test); in the same
-    invocation, the whole DAG of ``c100``, a mini CIFAR-100-LT archive (cifar_dataset): two
-    independent DAGs keep both cores busier than one after the other."""
-    return _shared(shared_runs, "tiny_rerun")
+def rerun_models(shared_runs) -> Path:
+    """A copy of tiny_run with RERUN_MODELS trained again from scratch, and every job after
+    them run again (the determinism test)."""
+    return _shared(shared_runs, "rerun_models")
 
 
 @pytest.fixture(scope="session")
 def two_seeds(shared_runs) -> tuple[Path, set[tuple[str, str]]]:
-    """A copy of tiny_run with a second seed added, and run; the plan of that run."""
+    """A copy of tiny_run with a second seed added, run to the report (SEEDS_TARGET); the
+    default target's plan of that copy before the run."""
     return _shared(shared_runs, "two_seeds")
 
 
@@ -353,10 +370,10 @@ def variant_run(shared_runs) -> tuple[Path, set[tuple[str, str]]]:
 
 
 @pytest.fixture(scope="session")
-def mini_lists_run(shared_runs) -> tuple[Path, dict]:
-    """The whole DAG of a user's `lists` dataset in its own config file (_mini_lists_run);
-    the data paths of its ImageNet-LT-style root."""
-    return _shared(shared_runs, "mini_lists_run")
+def user_data_run(shared_runs) -> tuple[Path, dict]:
+    """The whole DAGs of a user's `lists` dataset ``mini`` from its own config file and of a
+    CIFAR-100 archive ``c100`` (_user_data_run); the data paths of mini's ImageNet-LT-style root."""
+    return _shared(shared_runs, "user_data_run")
 
 
 # -- the slow marker: every test that runs Snakemake or trains a model carries it -----------

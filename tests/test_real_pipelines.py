@@ -52,16 +52,18 @@ def mini_root(tmp_path_factory):
     return make_imagenet_lt_root(tmp_path_factory.mktemp("imagenet_lt"))
 
 
-def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(mini_lists_run):
+def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(user_data_run):
     """A user's `lists` dataset in its own file, given with --configfile: its data section,
     its image size and a backbone name. The rest comes from `defaults` (here the tiny
-    training settings with a file loader, so that the test is quick): conftest's mini_lists_run."""
-    workdir, mini_root = mini_lists_run
+    training settings with a file loader, so that the test is quick): conftest's user_data_run."""
+    workdir, mini_root = user_data_run
     results = workdir / "results/mini"
     classes = pd.read_csv(results / "classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 2, "medium": 2, "few": 2}
     report = pd.read_csv(results / "report.csv")
-    assert {"base", "experts_calibrated", "oracle"} <= set(report["method"])
+    # The repository's default peers (conftest: RIDE and SADE off in `defaults`).
+    assert {"base", "experts_calibrated", "oracle", "balanced_softmax", "ldam_drw"} <= set(report["method"])
+    assert not {"ride", "sade"} & set(report["method"])
     test_lines = open(mini_root["test_list"]).read().splitlines()
     table = read_logits(results / "seed0/logits/few/test.parquet")
     assert list(table.paths) == [line.rsplit(" ", 1)[0] for line in test_lines]
@@ -72,8 +74,8 @@ def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(mini_lis
     assert planned_jobs(workdir, "results/mini/report.csv", "--configfile", "mini.yaml") == set()
 
 
-def test_mini_cifar_archive_whole_dag(tiny_rerun):
-    workdir = tiny_rerun  # the c100 dataset (conftest.cifar_dataset) ran its whole DAG there
+def test_mini_cifar_archive_whole_dag(user_data_run):
+    workdir, _ = user_data_run  # the c100 dataset (conftest.cifar_dataset) ran its whole DAG there
     results = workdir / "results/c100"
     classes = pd.read_csv(results / "classes.csv")
     assert classes["train_count"].tolist() == [36, 22, 14, 9, 5, 3]
