@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import copy_workflow, snakemake, tiny_config
+from conftest import copy_run, copy_workflow, snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -16,19 +16,26 @@ pytestmark = pytest.mark.slow
 TOLERANCE_POINTS = 10.0
 
 
-def _train_base(workdir, *extra):
-    config = tiny_config()
-    config["datasets"]["tiny"]["base"]["epochs"] = 8
-    copy_workflow(workdir, config)
-    snakemake(workdir, "--cores", "2", "results/tiny/seed0/models/base/weights.pt", *extra)
-    metrics = pd.read_csv(workdir / "results/tiny/seed0/models/base/metrics.csv")
-    meta = torch.load(workdir / "results/tiny/seed0/models/base/weights.pt", weights_only=True)["meta"]
+BASE = "results/tiny/seed0/models/base"
+
+
+def _base_results(workdir):
+    metrics = pd.read_csv(workdir / BASE / "metrics.csv")
+    meta = torch.load(workdir / BASE / "weights.pt", weights_only=True)["meta"]
     return metrics, meta, (workdir / "results/tiny/seed0/logs/train_base.log").read_text()
 
 
 def test_two_processes_reach_the_accuracy_of_one(tmp_path):
-    single, single_meta, single_log = _train_base(tmp_path / "single")
-    ddp, ddp_meta, ddp_log = _train_base(tmp_path / "ddp", "--set-resources", "train_base:nproc=2")
+    config = tiny_config()
+    config["datasets"]["tiny"]["base"]["epochs"] = 8
+    one = copy_workflow(tmp_path / "one", config)
+    snakemake(one, "--cores", "2", f"{BASE}/weights.pt")
+    single, single_meta, single_log = _base_results(one)
+    # The same data and image caches: the base model alone trained again, with 2 processes.
+    two = copy_run(one, tmp_path / "two")
+    snakemake(two, "--cores", "2", f"{BASE}/weights.pt", "--set-resources", "train_base:nproc=2",
+              "--forcerun", "train_base")
+    ddp, ddp_meta, ddp_log = _base_results(two)
     assert "2 processes (DistributedDataParallel), 16 images per process and step" in ddp_log
     assert "processes" not in single_log
     assert ddp["epoch"].tolist() == single["epoch"].tolist() == list(range(1, 9))
