@@ -131,6 +131,12 @@ HOW = {
         How(DRY, SLOW_DEFAULT, where="plan", expect=("variants/few_open4",)),
     ".venv/bin/snakemake --cores 2 results/synthetic/comparison.csv --configfile variants.yaml":
         How(DRY, SLOW_DEFAULT, where="plan", expect=("variants/no_prior",)),
+    # docs/multi_expert.md
+    "echo 'datasets: {synthetic: {seeds: [0, 1, 2]}}' > seeds3.yaml":
+        How(REAL, "writes a config file"),
+    ".venv/bin/snakemake --cores 2 --configfile docs/synthetic_all_peers.yaml seeds3.yaml":
+        How(DRY, "three seeds of the default dataset with every peer: most of an hour on 2 cores", where="plan",
+            expect=("seed=2", "rule sade_test_time")),
     # docs/datasets.md
     ".venv/bin/snakemake --cores 1 results/places/classes.csv":
         How(REAL, "reads the shared Places-LT train list alone: seconds", where="plan",
