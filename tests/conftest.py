@@ -274,20 +274,12 @@ SHARED_RUNS = {"tiny_run": _tiny_run, "two_seeds": _two_seeds, "variant_run": _v
                "user_data_run": _user_data_run, "rerun_models": _rerun_models}
 
 
-XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-
-
 class SharedRuns:
     """The session's whole-DAG runs: each done once, by a background thread or by the first
     test that needs it before that thread got to it."""
 
     def __init__(self, tmp_path_factory):
         self._folders = tmp_path_factory
-        # Under pytest-xdist (`-n 2`) each worker is a session of its own: the workers share a
-        # run through a file in their common temporary folder, made by the first that takes
-        # its lock, and the runs go at the tests' priority (both cores are the tests' anyway).
-        base = tmp_path_factory.getbasetemp()
-        self._common = base.parent if XDIST_WORKER else base
         self._lock = threading.Lock()
         self._futures: dict[str, concurrent.futures.Future] = {}
         self._stopping = threading.Event()
@@ -301,7 +293,7 @@ class SharedRuns:
         background = threading.current_thread() is not threading.main_thread()
         if mine:
             try:
-                future.set_result(self._run(name, background))
+                future.set_result(SHARED_RUNS[name](self._folders.mktemp(name), self, background))
             except BaseException as error:
                 future.set_exception(error)
         elif not background and not future.done():
@@ -310,21 +302,6 @@ class SharedRuns:
                 with contextlib.suppress(OSError):
                     os.setpriority(os.PRIO_PGRP, process.pid, 0)
         return future.result()
-
-    def _run(self, name: str, background: bool):
-        """The run done here, or the result another worker recorded (a run that failed there
-        is tried again here)."""
-        import pickle
-
-        from filelock import FileLock
-
-        recorded = self._common / f"shared-{name}.pickle"
-        with FileLock(self._common / f"shared-{name}.lock"):
-            if recorded.exists():
-                return pickle.loads(recorded.read_bytes())
-            result = SHARED_RUNS[name](self._folders.mktemp(name), self, background and not XDIST_WORKER)
-            recorded.write_bytes(pickle.dumps(result))
-            return result
 
     def start(self, names: list[str]) -> None:
         def work():
