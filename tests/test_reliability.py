@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from balanced_experts.synthetic import SyntheticSpec, generate
-from conftest import (RERUN_MODELS, TINY_DATASET, copy_workflow, digests, last_attempt, replace_line, snakemake, tiny_config,
-                      write_config)
+from conftest import (RERUN_MODELS, TINY_DATASET, copy_workflow, digests, last_attempt, replace_line, snakemake,
+                      tiny_config, write_config)
 
 pytestmark = pytest.mark.slow
 
