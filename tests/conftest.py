@@ -226,7 +226,7 @@ SEEDS_TARGET = "results/tiny/report.csv"
 def _two_seeds(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, set[tuple[str, str]]]:
     workdir, planned = edited_copy(runs.result("tiny_run"), top / "run", lambda tiny: tiny.update(seeds=[0, 1]))
     # The report over both seeds, not the default target: seed 1's logits that no report
-    # reads (train-split ones, most models' val) are left out, 17 of its 47 jobs.
+    # reads (train-split ones, most models' val) are left out, 17 of its 46 jobs.
     snakemake(workdir, "--cores", "2", SEEDS_TARGET, nice=nice)
     return workdir, planned
 
