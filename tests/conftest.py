@@ -243,8 +243,9 @@ def _user_data_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]
     keep both cores busy): ``mini``, a `lists` dataset (an ImageNet-LT-style root of JPEG
     files) in its own file, given with --configfile: its data section, its image size and a
     backbone name; the rest comes from `defaults` (the tiny training settings with a file
-    loader, and the repository's default peers: Balanced Softmax and LDAM-DRW). ``c100``, a
-    mini CIFAR-100-LT archive (cifar_dataset), without peers."""
+    loader, and the default run's peers: Balanced Softmax and LDAM-DRW, RIDE and SADE off as
+    the synthetic preset has them). ``c100``, a mini CIFAR-100-LT archive (cifar_dataset),
+    without peers."""
     import copy
 
     from realdata import make_cifar_archive, make_imagenet_lt_root

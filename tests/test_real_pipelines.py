@@ -61,7 +61,7 @@ def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(user_dat
     classes = pd.read_csv(results / "classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 2, "medium": 2, "few": 2}
     report = pd.read_csv(results / "report.csv")
-    # The repository's default peers (conftest: RIDE and SADE off in `defaults`).
+    # The default run's peers (conftest: RIDE and SADE off in `defaults`, as the synthetic preset has them).
     assert {"base", "experts_calibrated", "oracle", "balanced_softmax", "ldam_drw"} <= set(report["method"])
     assert not {"ride", "sade"} & set(report["method"])
     test_lines = open(mini_root["test_list"]).read().splitlines()
