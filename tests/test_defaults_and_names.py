@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from balanced_experts import DATA_SPLITS, DECOUPLED_METHODS, SPLIT_NAMES
-from balanced_experts.calibration import fit_calibration
+from balanced_experts.calibration import OPTIMIZERS, SGDRecipe, fit_calibration
 from balanced_experts.cifar import VARIANTS, CifarLTSpec
 from balanced_experts.configuration import DEFAULT_SEEDS
 from balanced_experts.decoupled import FEATURE_SOURCES, DecoupledSettings
 from balanced_experts.execution import ExecutionSettings
-from balanced_experts.experts import REJECT_SAMPLINGS, ExpertSettings
+from balanced_experts.experts import REJECT_COUNTS, REJECT_SAMPLINGS, ExpertSettings
 from balanced_experts.images.augment import AUGMENTATIONS
 from balanced_experts.images.spec import InputSpec
 from balanced_experts.methods import METHODS, PEER_METHODS, PEER_SWITCH, PROPOSED, TEST_TIME_METHODS
@@ -44,6 +44,7 @@ READERS = {
     ("backbone",): (LongTailNet,),
     ("class_splits",): (SplitRule,),
     ("calibration",): (fit_calibration,),
+    ("calibration", "sgd"): (SGDRecipe,),
 }
 # The arguments of a reader that are no keys of its section.
 NOT_KEYS = {LongTailNet: {"backbone", "num_outputs"},  # the section's `name`; the experts' own count
@@ -74,6 +75,7 @@ def _section(path):
 
 def test_every_defaults_section_has_its_readers():
     assert set(DEFAULTS) == {path[0] for path in READERS} | {"seeds", "peers"}
+    assert {"sgd"} == {key for key, value in DEFAULTS["calibration"].items() if isinstance(value, dict)}
     assert set(DEFAULTS["experts"]) == set(SPLIT_NAMES)
     assert DEFAULTS["seeds"] == DEFAULT_SEEDS  # a dataset that sets no seeds, without `defaults`
 
@@ -132,6 +134,7 @@ def test_the_schema_names_the_keys_the_code_reads():
         "input": (DATASET["input"], set(_parameters(InputSpec)), set()),
         "class_splits": (DATASET["class_splits"], set(_parameters(SplitRule)), set()),
         "calibration": (DATASET["calibration"], set(_parameters(fit_calibration)), set()),
+        "calibration.sgd": (DATASET["calibration"]["properties"]["sgd"], set(_parameters(SGDRecipe)), set()),
         "synthetic": (DATASET["data"]["properties"]["synthetic"], set(_parameters(SyntheticSpec)), set()),
     }
     for name, (schema, keys, required) in sections.items():
@@ -146,6 +149,8 @@ ENUMERATIONS = {
     "scheduler": (SCHEMA["definitions"]["training"]["properties"]["scheduler"], SCHEDULERS),
     "frozen_bn": (SCHEMA["definitions"]["frozen_bn"], FROZEN_BN_MODES),
     "reject_sampling": (SCHEMA["definitions"]["expert"]["properties"]["reject_sampling"], REJECT_SAMPLINGS),
+    "reject_count": (SCHEMA["definitions"]["expert"]["properties"]["reject_count"], REJECT_COUNTS),
+    "calibration.optimizer": (DATASET["calibration"]["properties"]["optimizer"], OPTIMIZERS),
     "features": (SCHEMA["definitions"]["decoupled"]["properties"]["features"], FEATURE_SOURCES),
     "input.augment": (DATASET["input"]["properties"]["augment"], AUGMENTATIONS),
     "backbone.name": (DATASET["backbone"]["properties"]["name"], BACKBONES),

@@ -16,7 +16,7 @@ entries``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -178,40 +178,118 @@ def fuse(experts: list[ExpertOutputs], num_classes: int, prior_correction: bool 
         return model(experts)
 
 
+OPTIMIZERS = ("lbfgs", "sgd")
+"""How the calibration is fit (``calibration.optimizer``; the schema's enum, a test holds
+them equal): ``lbfgs``, full-batch L-BFGS on the validation NLL (ours); ``sgd``, the
+original code's recipe (:class:`SGDRecipe`)."""
+
+
+@dataclass(frozen=True)
+class SGDRecipe:
+    """The original ``jointCalibration.py``'s optimiser (``calibration.sgd``).
+
+    Minibatch SGD on the NLL (``batch_size``, a fresh shuffle per epoch from ``seed``) with
+    momentum and torch's weight decay (towards zero, scales included), the lr multiplied by
+    ``gamma`` every ``step_size`` epochs; biases start at ``bias_init``. Each epoch's
+    accuracy is counted on the batches as they are trained on (before each step), and the
+    weights at the end of the best such epoch are kept (strictly better only); training
+    stops after ``patience`` epochs in a row without a better one (its
+    ``--stopping_criterion 30`` is ``patience: 31``). The original has no epoch limit.
+    """
+
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    step_size: int = 30
+    gamma: float = 0.1
+    patience: int = 31
+    bias_init: float = 1.0
+    seed: int = 5021
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "SGDRecipe":
+        return cls(**(cfg or {}))
+
+
+def _rows(experts: list[ExpertOutputs], rows: torch.Tensor) -> list[ExpertOutputs]:
+    return [ExpertOutputs(e.logits[rows], e.class_ids, e.open_ratio) for e in experts]
+
+
+def fit_sgd(model: JointCalibration, experts: list[ExpertOutputs], labels: torch.Tensor,
+            recipe: SGDRecipe, log=print) -> dict:
+    """Fit ``model`` in place with the original's SGD recipe (:class:`SGDRecipe`)."""
+    with torch.no_grad():
+        for bias in model.biases:
+            bias.fill_(recipe.bias_init)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, recipe.step_size, recipe.gamma)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    best_acc, best_epoch, best_state, epoch = -1.0, 0, None, 0
+    while epoch - best_epoch < recipe.patience:
+        epoch += 1
+        correct = 0
+        for rows in torch.randperm(len(labels), generator=generator).to(labels.device).split(recipe.batch_size):
+            optimizer.zero_grad()
+            log_probs = model(_rows(experts, rows))
+            torch.nn.functional.nll_loss(log_probs, labels[rows]).backward()
+            optimizer.step()
+            correct += (log_probs.argmax(1) == labels[rows]).sum().item()
+        scheduler.step()
+        acc = 100.0 * correct / len(labels)
+        if acc > best_acc:
+            best_acc, best_epoch = acc, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    log(f"calibration (sgd): best epoch {best_epoch} of {epoch}, running val top-1 {best_acc:.2f}%")
+    return {"epochs": epoch, "best_epoch": best_epoch, "best_running_acc": best_acc}
+
+
 def fit_calibration(
     experts: list[ExpertOutputs],
     labels: torch.Tensor,
     num_classes: int,
+    optimizer: str = "lbfgs",
     max_iter: int = 200,
     weight_decay: float = 0.0,
     prior_correction: bool = True,
     log=print,
     block_rows: int = 4096,
     tolerance: float = 1e-5,
+    sgd: dict | None = None,
 ) -> tuple[JointCalibration, dict]:
-    """Full-batch L-BFGS on the NLL of ``labels``; ``weight_decay`` pulls towards identity.
+    """Fit the scales and biases on the NLL of ``labels`` with ``optimizer`` (:data:`OPTIMIZERS`).
 
-    Stops when an iteration improves the NLL by less than ``tolerance`` (absolute), or
-    after ``max_iter`` iterations.
+    ``lbfgs``: full-batch L-BFGS from identity; ``weight_decay`` pulls towards identity; it
+    stops when an iteration improves the NLL by less than ``tolerance`` (absolute), or after
+    ``max_iter`` iterations. ``sgd``: :func:`fit_sgd` with the recipe ``sgd``
+    (:class:`SGDRecipe`'s fields); the L-BFGS keys are not read.
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"calibration.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     model = JointCalibration([len(e.class_ids) for e in experts], num_classes, prior_correction)
     model.to(labels.device)
-    optimizer = torch.optim.LBFGS(
-        model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-        line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=tolerance,
-    )
-
     objective = CalibrationObjective(experts, labels, prior_correction, block_rows)
-
-    def closure():
-        return torch.tensor(objective(model, weight_decay))
-
     start_nll = objective(model, grad=False)
-    optimizer.step(closure)
+    if optimizer == "sgd":
+        recipe = SGDRecipe.from_config(sgd)
+        details = {"optimizer": "sgd", **fit_sgd(model, experts, labels, recipe, log), "recipe": asdict(recipe)}
+    else:
+        lbfgs = torch.optim.LBFGS(
+            model.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
+            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=tolerance,
+        )
+
+        def closure():
+            return torch.tensor(objective(model, weight_decay))
+
+        lbfgs.step(closure)
+        details = {"evaluations": lbfgs.state[lbfgs._params[0]].get("func_evals", 0)}
     end_nll = objective(model, grad=False)
-    evaluations = optimizer.state[optimizer._params[0]].get("func_evals", 0)
-    log(f"calibration: val NLL {start_nll:.4f} -> {end_nll:.4f} in {evaluations} evaluations")
-    return model, {"val_nll_before": start_nll, "val_nll_after": end_nll, "evaluations": evaluations}
+    log(f"calibration: val NLL {start_nll:.4f} -> {end_nll:.4f}"
+        + (f" in {details['evaluations']} evaluations" if "evaluations" in details else ""))
+    return model, {"val_nll_before": start_nll, "val_nll_after": end_nll, **details}
 
 
 def calibration_state(model: JointCalibration, expert_names: list[str]) -> dict:

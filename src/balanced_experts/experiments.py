@@ -59,8 +59,9 @@ class Stage:
     decoupled method or peer);
     ``upstream``: the job's key -> the ``(stage, key)`` whose outputs it reads
     (tests/test_artifacts.py holds it against the rules' inputs);
-    ``seeded``: the slice whose ``seed`` is derived from the replicate (a training stage's
-    ``train``);
+    ``seeded``: where the ``seed`` derived from the replicate sits: a slice name and the
+    keys inside it (a training stage's ``("train",)``; the calibration's SGD recipe's
+    ``("calibration", "sgd")``);
     ``omit``: slice name -> keys left out of it (a stage that another stage's settings sit
     inside: the SADE peer's training reads ``peers.sade`` but its ``test_time``).
 
@@ -70,7 +71,7 @@ class Stage:
 
     slices: dict[str, tuple[str, ...]]
     upstream: Callable[[str | None], list[tuple[str, str | None]]] = lambda key: []
-    seeded: str | None = None
+    seeded: tuple[str, ...] = ()
     omit: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -78,23 +79,24 @@ STAGES: dict[str, Stage] = {
     "classes": Stage({"class_splits": ("class_splits",)}),
     "image_cache": Stage({"size": ("input", "size")}),
     "train_base": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",)},
-                        lambda key: [("image_cache", None)], seeded="train"),
+                        lambda key: [("image_cache", None)], seeded=("train",)),
     "train_expert": Stage({"train": ("experts", "{key}"), "input": ("input",)},
                           lambda key: [("image_cache", None), ("classes", None), ("train_base", None)],
-                          seeded="train"),
+                          seeded=("train",)),
     "train_decoupled": Stage({"train": ("{key}",), "input": ("input",)},
-                             lambda key: [("image_cache", None), ("train_base", None)], seeded="train"),
+                             lambda key: [("image_cache", None), ("train_base", None)], seeded=("train",)),
     # A peer: the base model's recipe, backbone and input, with its own loss and head.
     "train_peer": Stage({"train": ("base",), "backbone": ("backbone",), "input": ("input",),
                          "peer": ("peers", "{key}")},
-                        lambda key: [("image_cache", None)], seeded="train", omit={"peer": ("test_time",)}),
+                        lambda key: [("image_cache", None)], seeded=("train",), omit={"peer": ("test_time",)}),
     "logits": Stage({"input": ("input",)}, lambda model: [("image_cache", None), training_stage(model)]),
     # SADE's test-time aggregation: its model's experts on the test images; the lr of its
     # learned weights is the base model's unless peers.sade.test_time sets one.
     "sade_test_time": Stage({"lr": ("base", "lr"), "input": ("input",), "test_time": ("peers", "sade", "test_time")},
                             lambda key: [("image_cache", None), ("train_peer", "sade")],
-                            seeded="test_time"),
-    "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS]),
+                            seeded=("test_time",)),
+    "calibrate": Stage({"calibration": ("calibration",)}, lambda key: [("logits", e) for e in EXPERTS],
+                       seeded=("calibration", "sgd")),
 }
 
 
@@ -116,6 +118,16 @@ def config_slice(settings: dict, path: tuple[str, ...], key: str | None = None):
         part = part.format(key=key)
         value = value.get(part, {}) if isinstance(value, dict) else {}
     return value
+
+
+def _with_replicate_seed(section: dict, keys: tuple[str, ...], replicate: int) -> dict:
+    """A copy of ``section`` whose ``seed`` at ``keys`` is replicate ``replicate``'s (nothing
+    added where the config has no such section)."""
+    if keys:
+        if keys[0] not in section:
+            return section
+        return {**section, keys[0]: _with_replicate_seed(section[keys[0]], keys[1:], replicate)}
+    return {**section, "seed": replicate_seed(section.get("seed", 0), replicate)}
 
 
 @dataclass
@@ -155,8 +167,7 @@ class Experiments:
         for name, keys in spec.omit.items():
             params[name] = {k: v for k, v in params[name].items() if k not in keys}
         if spec.seeded and seed:
-            seeded = params[spec.seeded]
-            params[spec.seeded] = {**seeded, "seed": replicate_seed(seeded.get("seed", 0), seed)}
+            params[spec.seeded[0]] = _with_replicate_seed(params[spec.seeded[0]], spec.seeded[1:], seed)
         return params
 
     def owner(self, setting: str, stage: str, seed: int = 0, key: str | None = None) -> str:

@@ -17,6 +17,10 @@ REJECT_SAMPLINGS = ("images", "classes")
 """How an expert's reject images are drawn (``reject_sampling``; the schema's enum, a test
 holds them equal): see :func:`sample_reject`."""
 
+REJECT_COUNTS = ("round", "floor")
+"""How ``N_split / open_ratio`` becomes a number of reject images (``reject_count``; the
+schema's enum): rounded to the nearest, or floored as the original code's ``//``."""
+
 
 @dataclass(frozen=True)
 class ExpertSettings:
@@ -26,6 +30,7 @@ class ExpertSettings:
     open_ratio: float  # in-split training images per reject image
     num_learnable: int  # -1 all, 1 the classifier, 2 + fc, k >= 3 + the last k - 2 backbone stages
     reject_sampling: str = "images"  # one of REJECT_SAMPLINGS: see sample_reject
+    reject_count: str = "round"  # one of REJECT_COUNTS
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ExpertSettings":
@@ -100,15 +105,19 @@ def expert_training_set(
     open_ratio: float,
     seed: int,
     sampling: str = "images",
+    count: str = "round",
 ) -> ExpertSet:
-    """All images of the split's classes plus ``round(N_split / open_ratio)`` reject images."""
+    """All images of the split's classes plus ``round(N_split / open_ratio)`` reject images
+    (``count="floor"``: ``N_split // open_ratio``, as the original code)."""
     labels = np.asarray(labels, dtype=np.int64)
     split_classes = np.sort(np.asarray(split_classes, dtype=np.int64))
     if open_ratio < 1:
         raise ValueError(f"open_ratio must be >= 1, got {open_ratio}")
     inside = np.isin(labels, split_classes)
     members = np.flatnonzero(inside)
-    reject_count = int(round(len(members) / open_ratio))
+    if count not in REJECT_COUNTS:
+        raise ValueError(f"reject_count must be one of {', '.join(REJECT_COUNTS)}, got {count!r}")
+    reject_count = int(round(len(members) / open_ratio) if count == "round" else len(members) // open_ratio)
     rng = np.random.default_rng(seed)
     reject = sample_reject(labels, np.flatnonzero(~inside), reject_count, rng, sampling)
     return _assemble(labels, split_classes, members, reject)

@@ -89,7 +89,7 @@ def expert_task(split: str, train_list: ImageList, val_list: ImageList, classes_
     assert not unexpected and all(k.startswith("classifier.") for k in missing), (missing, unexpected)
     parameters = set_learnable(model, int(settings.num_learnable))
     train_set = expert_training_set(train_list.labels, split_classes, settings.open_ratio, seed,
-                                    settings.reject_sampling)
+                                    settings.reject_sampling, settings.reject_count)
     val_set = expert_validation_set(val_list.labels, split_classes, seed)
     log(f"{split} expert: {len(split_classes)} classes, {len(train_set)} training images "
         f"({train_set.num_reject} reject, open_ratio {settings.open_ratio}), "

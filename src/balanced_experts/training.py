@@ -35,7 +35,7 @@ from .files import load_torch_file, save_torch_file, writing
 from .models import resume_checkpoint_path, train_mode
 
 
-SCHEDULERS = ("cosine", "step", "constant")
+SCHEDULERS = ("cosine", "cosine_epoch", "step", "constant")
 """The learning-rate schedules (``scheduler``; the schema's enum, a test holds them equal): see
 :func:`make_scheduler`."""
 
@@ -142,7 +142,9 @@ def _load_resume_state_on_every_rank(path: Path | None, fingerprint: str, name: 
 
 
 def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
-    """A per-step LambdaLR: linear warmup, then cosine / step / constant."""
+    """A per-step LambdaLR: linear warmup, then cosine / step / constant. ``cosine`` lowers
+    the lr at every step; ``cosine_epoch`` once per epoch, as the original code's
+    ``CosineAnnealingLR(T_max=epochs)`` stepped after each epoch."""
     total = max(1, settings.epochs * steps_per_epoch)
     warmup = settings.warmup_epochs * steps_per_epoch
 
@@ -151,6 +153,9 @@ def make_scheduler(optimizer, settings: TrainSettings, steps_per_epoch: int):
             return (step + 1) / warmup
         if settings.scheduler == "cosine":
             progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if settings.scheduler == "cosine_epoch":
+            progress = ((step - warmup) // steps_per_epoch) / max(1, settings.epochs - settings.warmup_epochs)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         if settings.scheduler == "step":
             return settings.gamma ** ((step // steps_per_epoch) // settings.step_size)
