@@ -1,10 +1,11 @@
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from balanced_experts.calibration import (CalibrationObjective, ExpertOutputs, JointCalibration,
-                                          calibration_from_state,
+                                          SGDRecipe, calibration_from_state,
                                           calibration_state, fit_calibration, fuse,
                                           oracle_predictions, reject_prior_shift)
 
@@ -119,3 +120,60 @@ def test_oracle_routes_to_the_owning_expert():
     # Sample 1 (label 1) goes to B: its only class is 1, whatever the reject says.
     assert oracle_predictions([a, b], torch.tensor([0, 1])).tolist() == [0, 1]
     assert oracle_predictions([a, b], torch.tensor([2, 1])).tolist() == [0, 1]
+
+
+def _hand_stepped_sgd(experts, labels, num_classes, recipe):
+    """The original jointCalibration.py's loop written out by hand: its fusion in probability
+    space (softmax per expert, reject dropped, scatter, renormalise, log), torch's SGD update
+    (weight decay into the gradient, then the momentum buffer), StepLR per epoch, and the
+    end-of-epoch weights of the epoch with the best running accuracy."""
+    scales = [torch.ones(len(e.class_ids) + 1, requires_grad=True) for e in experts]
+    biases = [torch.full((len(e.class_ids) + 1,), recipe.bias_init, requires_grad=True) for e in experts]
+    params = [*scales, *biases]
+    buffers = [None] * len(params)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    best, best_epoch, kept, epoch = -1.0, 0, None, 0
+    while epoch <= best_epoch + recipe.patience - 1:
+        epoch += 1
+        lr = recipe.lr * recipe.gamma ** ((epoch - 1) // recipe.step_size)
+        correct = 0
+        for rows in torch.randperm(len(labels), generator=generator).split(recipe.batch_size):
+            probs = torch.zeros(len(rows), num_classes)
+            for e, s, b in zip(experts, scales, biases):
+                z = e.logits[rows].clone()
+                z[:, -1] += math.log((1 + e.open_ratio) / 2)
+                probs[:, e.class_ids] = torch.softmax(s * z + b, dim=1)[:, :-1]
+            log_probs = torch.log(probs / probs.sum(1, keepdim=True))
+            loss = -log_probs[torch.arange(len(rows)), labels[rows]].mean()
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for i, (p, g) in enumerate(zip(params, grads)):
+                    g = g + recipe.weight_decay * p
+                    buffers[i] = g.clone() if buffers[i] is None else recipe.momentum * buffers[i] + g
+                    p -= lr * buffers[i]
+            correct += (log_probs.argmax(1) == labels[rows]).sum().item()
+        if 100.0 * correct / len(labels) > best:
+            best, best_epoch = 100.0 * correct / len(labels), epoch
+            kept = [p.detach().clone() for p in params]
+    return kept, best_epoch, epoch
+
+
+@pytest.mark.slow  # SGD steps, which the fast tier's guard takes for training (a second's work)
+def test_the_sgd_recipe_is_the_originals_loop_stepped_by_hand():
+    experts, labels = synthetic_expert_logits(n_per_class=12, seed=4)
+    recipe = SGDRecipe(batch_size=16, lr=0.1, step_size=2, patience=5, seed=7)
+    model, summary = fit_calibration(experts, labels, 9, optimizer="sgd", sgd=asdict(recipe), log=lambda _: None)
+    kept, best_epoch, epochs = _hand_stepped_sgd(experts, labels, 9, recipe)
+    assert (summary["best_epoch"], summary["epochs"]) == (best_epoch, epochs)
+    # The patience rule ended it, after the lr had stepped down at least once.
+    assert epochs == best_epoch + recipe.patience and best_epoch > recipe.step_size
+    for got, want in zip([*model.scales, *model.biases], kept):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    assert summary["val_nll_after"] < summary["val_nll_before"]
+    assert summary["recipe"] == asdict(recipe)
+
+
+def test_an_unknown_optimizer_is_named():
+    experts, labels = synthetic_expert_logits(n_per_class=2)
+    with pytest.raises(ValueError, match="calibration.optimizer must be one of lbfgs, sgd, got 'adam'"):
+        fit_calibration(experts, labels, 9, optimizer="adam")

@@ -131,8 +131,14 @@ def test_replicate_zero_is_the_configured_settings():
     assert experiments.params("tiny", "train_expert", 0, "few")["train"] == TINY_DATASET["experts"]["few"]
     replicate = experiments.params("tiny", "train_expert", 2, "few")["train"]
     assert replicate == {**TINY_DATASET["experts"]["few"], "seed": replicate_seed(3, 2)} and replicate["seed"] == 2003
-    # Stages that train nothing read the same slices in every replicate.
+    # Stages that draw nothing random read the same slices in every replicate; the
+    # calibration's SGD recipe shuffles, from its own seed of the replicate.
+    assert experiments.params("tiny", "logits", 2, "few") == experiments.params("tiny", "logits", 0, "few")
+    assert "sgd" not in TINY_DATASET.get("calibration", {})
     assert experiments.params("tiny", "calibrate", 2) == experiments.params("tiny", "calibrate", 0)
+    repo = Experiments.from_config(REPO_CONFIG)
+    zero, two = (repo.params("synthetic", "calibrate", k)["calibration"] for k in (0, 2))
+    assert two == {**zero, "sgd": {**zero["sgd"], "seed": replicate_seed(5021, 2)}}
 
 
 def _owners(variant: dict) -> dict[tuple[str, str | None], str]:
@@ -156,6 +162,7 @@ def test_variant_shares_every_stage_it_does_not_change():
     assert _own(_owners({"experts": {"few": {"lr": 0.5}}})) == {
         ("train_expert", "few"), ("logits", "few"), ("calibrate", None)}
     assert _own(_owners({"calibration": {"max_iter": 3}})) == {("calibrate", None)}
+    assert _own(_owners({"calibration": {"optimizer": "sgd", "sgd": {"batch_size": 32}}})) == {("calibrate", None)}
     assert _own(_owners({"crt": {"lr": 0.5}})) == {("train_decoupled", "crt"), ("logits", "crt")}
     # One peer's setting: that peer alone; the base recipe: the base model and every peer.
     assert _own(_owners({"peers": {"ldam_drw": {"scale": 16}}})) == {("train_peer", "ldam_drw"),
@@ -175,3 +182,35 @@ def test_variant_shares_every_stage_it_does_not_change():
     assert _own(owners) == set(owners) - {("classes", None), ("image_cache", None)}
     # A setting equal to the main one shares everything.
     assert _own(_owners({})) == set()
+
+
+@pytest.mark.parametrize("dataset", ["places", "imagenet"])
+def test_the_original_variant_of_a_real_preset_retrains_its_models_on_the_shared_data(dataset):
+    """config.yaml's `original` variants: the original protocol changes the base model's
+    schedule, so every model of theirs is their own; the image caches are shared, and the
+    peers, which the original does not have, are off."""
+    experiments = Experiments.from_config(REPO_CONFIG)
+    variant = f"{dataset}/variants/original"
+    assert experiments.owner(variant, "image_cache") == dataset
+    for stage, key in [("classes", None), ("train_base", None), ("train_expert", "few"), ("calibrate", None)]:
+        assert experiments.owner(variant, stage, 0, key) == variant, stage
+    assert experiments.peers(variant) == [] and experiments.peers(dataset) == list(PEER_METHODS)
+    settings = experiments.settings[variant]
+    assert settings["calibration"]["optimizer"] == "sgd" and settings["class_splits"]["many_inclusive"]
+    assert {settings["experts"][e]["reject_count"] for e in ("many", "medium", "few")} == {"floor"}
+
+
+def test_the_default_datasets_original_variant_is_imagenet_lts():
+    """docs/synthetic_original.yaml's variant (the default dataset's schedules are ImageNet-LT's:
+    cosine base, step many and medium experts, cosine few) is config.yaml's for ImageNet-LT,
+    its peers set apart (the file turns them off for both settings)."""
+    docs = yaml.safe_load((REPO / "docs/synthetic_original.yaml").read_text())["datasets"]["synthetic"]
+    imagenet = copy.deepcopy(REPO_CONFIG["datasets"]["imagenet"]["variants"]["original"])
+    imagenet.pop("peers")
+    assert docs["variants"]["original"] == imagenet
+    synthetic, places = REPO_CONFIG["datasets"]["synthetic"], REPO_CONFIG["datasets"]["places"]["variants"]["original"]
+    assert [synthetic["experts"][e].get("scheduler", "cosine") for e in ("many", "medium", "few")] == [
+        "step", "step", "cosine"]
+    imagenet = REPO_CONFIG["datasets"]["imagenet"]["variants"]["original"]
+    assert {k: v for k, v in places.items() if k not in ("base", "experts")} == {
+        k: v for k, v in imagenet.items() if k not in ("base", "experts")}

@@ -194,6 +194,26 @@ def test_every_registered_backbone_and_scheduler_works():
         assert 0 < optimizer.param_groups[0]["lr"] <= 0.1, name
 
 
+def test_cosine_epoch_holds_each_epochs_lr_as_the_originals_cosine_annealing():
+    """cosine_epoch is torch's CosineAnnealingLR(T_max=epochs) stepped once per epoch (the
+    original code's: lr_e = lr (1 + cos(pi e / T)) / 2 in epoch e = 0..T-1), here at 3 steps
+    per epoch; cosine lowers the lr at every step."""
+    import math
+
+    import torch
+
+    def factors(scheduler):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        lam = make_scheduler(optimizer, TrainSettings(epochs=4, batch_size=1, lr=0.1, seed=0,
+                                                      scheduler=scheduler), 3).lr_lambdas[0]
+        return [lam(step) for step in range(12)]
+
+    annealing = [(1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert factors("cosine_epoch") == pytest.approx([f for f in annealing for _ in range(3)], abs=1e-12)
+    per_step = factors("cosine")  # the same at each epoch's first step, lower after it
+    assert per_step[::3] == pytest.approx(annealing, abs=1e-12) and per_step[1] < annealing[0]
+
+
 # -- method names ------------------------------------------------------------------------------
 
 def test_the_plots_style_methods_of_the_report_in_its_order():

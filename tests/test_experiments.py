@@ -1,6 +1,8 @@
 """Seeds and variants through real Snakemake on the tiny config: the report over several
 seeds, what adding or removing a seed plans, and what a variant shares with the main settings."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ import yaml
 from balanced_experts.experiments import MODELS
 from balanced_experts.methods import METHODS, PEER_METHODS
 from balanced_experts.report import REPORT_COLUMNS
-from conftest import SEEDS_TARGET, edited_copy, snakemake
+from conftest import REPO, SEEDS_TARGET, edited_copy, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +166,38 @@ def test_switching_a_peer_off_trains_nothing_and_drops_its_row(tiny_run, tmp_pat
     # The other rows are the run's with the peer on.
     before = pd.read_csv(tiny_run / "results/tiny/report.csv").set_index("method")
     pd.testing.assert_frame_equal(report.set_index("method"), before.drop(index="balanced_softmax"))
+
+
+def test_the_original_protocol_retrains_every_model_on_the_shared_data(tiny_run, tmp_path):
+    """docs/synthetic_original.yaml's `original` variant changes the base model's schedule,
+    the class splits, every expert and the calibration: it plans every model of its replicate
+    (but the peers it switches off) and no data stage: the images and their caches are shared."""
+    docs = yaml.safe_load((REPO / "docs/synthetic_original.yaml").read_text())["datasets"]["synthetic"]
+    _, planned = edited_copy(tiny_run, tmp_path / "run", lambda tiny: tiny.update(
+        peers={**tiny["peers"], **docs["peers"]}, variants={"original": docs["variants"]["original"]}))
+    setting = "setting=tiny/variants/original"
+    off = {("train_peer", f"{setting}, seed=0, peer={p}") for p in docs["peers"]} | {
+        ("logits", f"{setting}, seed=0, model={p}, split={s}") for p in docs["peers"] for s in ("train", "val", "test")}
+    main_report = {("report", "setting=tiny, seed=0"), ("aggregate", "setting=tiny"),
+                   ("resolved_config", "setting=tiny"), ("summary", "")}  # its peers off: no rows to show
+    assert planned == ((replicate_jobs("tiny/variants/original", 0) - off) | main_report | {
+        ("classes", setting), ("aggregate", setting), ("resolved_config", setting), ("compare", "dataset=tiny")})
+
+
+def test_the_originals_calibration_recipe_alone_refits_only_the_calibration(tiny_run, tmp_path):
+    """calibration.optimizer: sgd on the main settings' experts: the calibration and the report
+    are the variant's, every model is shared; the fit runs the recipe to its stopping rule."""
+    workdir, planned = edited_copy(tiny_run, tmp_path / "run", lambda tiny: tiny.update(
+        variants={"sgd": {"calibration": {"optimizer": "sgd", "sgd": {"batch_size": 8, "patience": 4}}}}))
+    where = "setting=tiny/variants/sgd, seed=0"
+    assert planned == {("calibrate", where), ("report", where), ("aggregate", "setting=tiny/variants/sgd"),
+                       ("resolved_config", "setting=tiny/variants/sgd"), ("compare", "dataset=tiny")}
+    snakemake(workdir, "--cores", "2")
+    results = workdir / "results/tiny"
+    summary = json.loads((results / "variants/sgd/seed0/calibration/summary.json").read_text())
+    assert summary["optimizer"] == "sgd" and summary["epochs"] == summary["best_epoch"] + 4
+    assert summary["recipe"]["batch_size"] == 8 and summary["recipe"]["lr"] == 0.1  # the rest: defaults
+    main_report = pd.read_csv(results / "report.csv").set_index("method")
+    variant_report = pd.read_csv(results / "variants/sgd/report.csv").set_index("method")
+    pd.testing.assert_frame_equal(main_report.loc[BASELINES], variant_report.loc[BASELINES])
+    assert not variant_report.loc["experts_calibrated"].equals(main_report.loc["experts_calibrated"])

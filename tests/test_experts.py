@@ -26,6 +26,16 @@ def test_training_set_has_split_images_and_ratio_of_reject():
         assert len(set(data.indices.tolist())) == len(data)
 
 
+def test_the_reject_count_rounds_or_floors_as_the_original():
+    labels = long_tail_labels()
+    split = np.array([5, 6, 7])  # 21 images: 21 / 8 = 2.625
+    assert expert_training_set(labels, split, 8, seed=0).num_reject == 3
+    floored = expert_training_set(labels, split, 8, seed=0, count="floor")
+    assert floored.num_reject == 21 // 8 == 2
+    with pytest.raises(ValueError, match="reject_count must be one of round, floor, got 'ceil'"):
+        expert_training_set(labels, split, 8, seed=0, count="ceil")
+
+
 def test_reject_sample_is_seeded_and_follows_image_distribution():
     labels = long_tail_labels()
     a = expert_training_set(labels, [3, 4], 1, seed=7)
