@@ -25,7 +25,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "src"))
-from balanced_experts.calibration import OPTIMIZERS, expert_outputs_from_table, fit_calibration  # noqa: E402
+from balanced_experts.calibration import (OPTIMIZERS, expert_outputs_from_table, fit_calibration,  # noqa: E402
+                                          select_rows)
 from balanced_experts.experiments import EXPERTS  # noqa: E402
 from balanced_experts.logits import check_aligned, read_logits  # noqa: E402
 
@@ -53,11 +54,11 @@ def held_out_scores(replicate: Path, calibration: dict, folds: int, seed: int) -
         correct, nll = 0, 0.0
         for k in range(folds):
             fit_rows, held = (fold != k).nonzero().squeeze(1), (fold == k).nonzero().squeeze(1)
-            part = [type(e)(e.logits[fit_rows], e.class_ids, e.open_ratio) for e in experts]
             settings = {**calibration, "optimizer": optimizer}
-            model, _ = fit_calibration(part, labels[fit_rows], num_classes, log=lambda _: None, **settings)
+            model, _ = fit_calibration(select_rows(experts, fit_rows), labels[fit_rows], num_classes,
+                                       log=lambda _: None, **settings)
             with torch.no_grad():
-                log_probs = model([type(e)(e.logits[held], e.class_ids, e.open_ratio) for e in experts])
+                log_probs = model(select_rows(experts, held))
             correct += (log_probs.argmax(1) == labels[held]).sum().item()
             nll -= log_probs[torch.arange(len(held)), labels[held]].sum().item()
         scores[optimizer] = (100.0 * correct / len(labels), nll / len(labels))

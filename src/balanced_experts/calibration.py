@@ -212,7 +212,8 @@ class SGDRecipe:
         return cls(**(cfg or {}))
 
 
-def _rows(experts: list[ExpertOutputs], rows: torch.Tensor) -> list[ExpertOutputs]:
+def select_rows(experts: list[ExpertOutputs], rows: torch.Tensor) -> list[ExpertOutputs]:
+    """The experts' outputs on the samples ``rows`` (a minibatch, a fold)."""
     return [ExpertOutputs(e.logits[rows], e.class_ids, e.open_ratio) for e in experts]
 
 
@@ -232,7 +233,7 @@ def fit_sgd(model: JointCalibration, experts: list[ExpertOutputs], labels: torch
         correct = 0
         for rows in torch.randperm(len(labels), generator=generator).to(labels.device).split(recipe.batch_size):
             optimizer.zero_grad()
-            log_probs = model(_rows(experts, rows))
+            log_probs = model(select_rows(experts, rows))
             torch.nn.functional.nll_loss(log_probs, labels[rows]).backward()
             optimizer.step()
             correct += (log_probs.argmax(1) == labels[rows]).sum().item()
