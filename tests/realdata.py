@@ -102,3 +102,46 @@ def caffe_style(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     PyTorch without BatchNorm's ``num_batches_tracked``, from a ``DataParallel`` model
     (``module.`` prefix)."""
     return {f"module.{k}": v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+# iNaturalist 2018's shape: 8,142 classes, 437,513 training images (1,000 down to 2 per
+# class), 24,426 validation images (3 per class); 842 / 4,076 / 3,224 many / medium / few
+# classes under the standard rule.
+INATURALIST_SPLITS = {"many": (842, 1000, 101), "medium": (4076, 100, 20), "few": (3224, 19, 2)}
+INATURALIST_TRAIN_IMAGES = 437_513
+INATURALIST_SUPERCATEGORIES = ("Plantae", "Insecta", "Aves", "Reptilia", "Mammalia", "Fungi", "Amphibia",
+                               "Mollusca", "Animalia", "Arachnida", "Actinopterygii", "Chromista", "Protozoa",
+                               "Bacteria")
+
+
+def inaturalist_train_counts() -> np.ndarray:
+    """Per-class training counts of iNaturalist 2018's shape, in class-id order (shuffled
+    against their size, as the real ids are): each split's counts fall from its largest to
+    its smallest as lo * (hi / lo) ** ((1 - t) ** p), p chosen so the total is the real one."""
+
+    def counts(p):
+        return np.concatenate([np.floor(lo * (hi / lo) ** ((1 - np.linspace(0, 1, n)) ** p)).astype(np.int64)
+                               for n, hi, lo in INATURALIST_SPLITS.values()])
+
+    low, high = 0.1, 20.0  # the total falls as p grows
+    for _ in range(60):
+        low, high = ((low + high) / 2, high) if counts((low + high) / 2).sum() > INATURALIST_TRAIN_IMAGES \
+            else (low, (low + high) / 2)
+    by_size = counts(high)
+    by_size[1:1 + INATURALIST_TRAIN_IMAGES - by_size.sum()] += 1  # the floor's remainder, to the largest classes
+    return np.random.default_rng(2018).permutation(by_size)
+
+
+def make_inaturalist_lists(folder: Path, val_per_class: int = 3) -> dict:
+    """The field's list files of iNaturalist 2018's shape (paths ``train_val2018/<super
+    category>/<class>/<n>.jpg``, as classifier-balancing's iNaturalist18_*.txt), no images:
+    ``{"train": path, "val": path}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = inaturalist_train_counts()
+    files = {}
+    for split, per_class in (("train", counts), ("val", np.full(len(counts), val_per_class))):
+        lines = [f"train_val2018/{INATURALIST_SUPERCATEGORIES[c % len(INATURALIST_SUPERCATEGORIES)]}/{c}/"
+                 f"{split}{i:04d}.jpg {c}\n" for c, n in enumerate(per_class) for i in range(n)]
+        files[split] = folder / f"iNaturalist18_{split}.txt"
+        files[split].write_text("".join(lines))
+    return files

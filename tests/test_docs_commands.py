@@ -30,8 +30,9 @@ Where a block runs (one folder for all its commands, in order; an entry's `where
   dataset stands in for the default one: `results/synthetic` links to `results/tiny`.
 - "plan": a fresh copy of the workflow with the repository's config.yaml and docs/, no
   results, the shared Places-LT and ImageNet-LT list files where config.yaml looks for
-  them (data/places_lt, data/imagenet_lt), and a small JPEG dataset as "Your own data"
-  describes it (data/mydata); never any image root of the presets.
+  them (data/places_lt, data/imagenet_lt), generated lists of iNaturalist 2018's shape
+  (data/inaturalist_lists), and a small JPEG dataset as "Your own data" describes it
+  (data/mydata); never any image root of the presets.
 - "repo": the checkout itself, for PARSE of scripts (nothing is written).
 
 `.venv/bin/` in a command is the running interpreter's bin folder, and the commands run
@@ -56,6 +57,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SHARED_DATA, copy_workflow, jpeg_dataset
+from realdata import make_inaturalist_lists
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_LANGUAGES = {"bash", "sh", "console"}
@@ -147,6 +149,16 @@ HOW = {
         How(DRY, NO_IMAGES, where="plan", fails_with=root_error()),
     ".venv/bin/snakemake --cores 16 results/imagenet_x50/report.csv":
         How(DRY, NO_IMAGES, where="plan", fails_with=root_error("imagenet_x50", "data/imagenet")),
+    ".venv/bin/python -m balanced_experts.holdout data/inaturalist_lists/iNaturalist18_train.txt "
+    "--train-out data/inaturalist_lists/iNaturalist18_train_kept.txt "
+    "--val-out data/inaturalist_lists/iNaturalist18_train_heldout.txt":
+        How(REAL, "holds the val list out of generated lists of iNaturalist 2018's shape: a second", where="plan",
+            files=(("data/inaturalist_lists/iNaturalist18_train_heldout.txt", "train_val2018/"),)),
+    ".venv/bin/snakemake --cores 1 results/inaturalist/classes.csv":
+        How(REAL, "the classes of the kept list: seconds", where="plan",
+            files=(("results/inaturalist/classes.csv", "class_id,train_count,split"),)),
+    ".venv/bin/snakemake --cores 16 results/inaturalist/report.csv":
+        How(DRY, NO_IMAGES, where="plan", fails_with=root_error("inaturalist", "data/inaturalist2018")),
     ".venv/bin/snakemake --cores 4 results/cifar100_lt/report.csv":
         How(DRY, "the CIFAR-100 archive is not here (nothing is downloaded)", where="plan",
             fails_with="config key datasets.cifar100_lt.data.cifar.archive: data/cifar/cifar-100-python.tar.gz "
@@ -450,6 +462,7 @@ def plan_folder(tmp_path_factory) -> Path:
         if (SHARED_DATA / lists).exists():
             (folder / "data" / lists).symlink_to(SHARED_DATA / lists)
     jpeg_dataset(folder / "data/mydata")
+    make_inaturalist_lists(folder / "data/inaturalist_lists")  # the official lists' shape, no images
     write_named_files(folder)
     return folder
 

@@ -16,7 +16,8 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from balanced_experts.configuration import resolve_dataset
 from balanced_experts.logits import read_logits
 from conftest import REPO, SHARED_DATA, TINY_DATASET, copy_workflow, planned_jobs, snakemake, tiny_config
-from realdata import caffe_style, make_imagenet_lt_root, resnet10_state_dict
+from balanced_experts import holdout
+from realdata import caffe_style, make_imagenet_lt_root, make_inaturalist_lists, resnet10_state_dict
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +215,32 @@ def test_places_lt_classes_and_full_plan_from_the_real_lists(tmp_path):
     snakemake(workdir, "--cores", "1", "results/places/classes.csv")
     classes = pd.read_csv(workdir / "results/places/classes.csv")
     assert classes["split"].value_counts().to_dict() == {"many": 132, "medium": 162, "few": 71}
+
+
+def test_inaturalist_preset_plans_from_lists_of_its_shape(tmp_path):
+    """The inaturalist preset on generated lists of iNaturalist 2018's shape (8,142 classes,
+    437,513 train and 24,426 val entries) and a root of empty files: the missing list's one
+    line, the held-out validation list, the field's class splits and the whole plan."""
+    official = make_inaturalist_lists(tmp_path / "lists")
+    inat = repo_dataset("inaturalist")
+    kept, heldout = tmp_path / "lists/kept.txt", tmp_path / "lists/heldout.txt"
+    inat["data"].update(train_list=str(kept), val_list=str(heldout), test_list=str(official["val"]),
+                        root=str(tmp_path / "no-images-here"))
+    workdir = copy_workflow(tmp_path / "wf", config_with(inaturalist=inat))
+    assert f"config key datasets.inaturalist.data.train_list: {kept} does not exist" in \
+        failure(workdir, "results/inaturalist/classes.csv")
+
+    holdout.main([str(official["train"]), "--train-out", str(kept), "--val-out", str(heldout)])
+    snakemake(workdir, "--cores", "1", "results/inaturalist/classes.csv")
+    classes = pd.read_csv(workdir / "results/inaturalist/classes.csv")
+    assert len(classes) == 8142 and classes["train_count"].sum() == 437_513 - len(heldout.read_text().splitlines())
+    # The standard rule's splits on the official counts (realdata), from the kept list's thresholds.
+    assert classes["split"].value_counts().to_dict() == {"medium": 4076, "few": 3224, "many": 842}
+
+    inat["data"]["root"] = str(empty_files_for(inat["data"], tmp_path / "inaturalist2018"))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config_with(inaturalist=inat), sort_keys=False))
+    started = time.perf_counter()
+    jobs = planned_jobs(workdir, "results/inaturalist/report.csv")
+    print(f"inaturalist dry run: {len(jobs)} jobs in {time.perf_counter() - started:.1f} s")
+    rules = [rule for rule, _ in jobs]  # places' 30 jobs but classes, made above
+    assert len(jobs) == 29 and rules.count("logits") == 14 and rules.count("train_peer") == 4
