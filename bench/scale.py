@@ -11,8 +11,8 @@ classes.csv (an exponential long tail, the standard many/medium/few rule), the b
 classifier weights, logits of the base model (val, test), cRT and LWS, the three experts
 (val, test; a reject column, ``open_ratio``) and the four peers (a ``prior``), and each
 model's metrics.csv. Each stage then runs in its own process (``--stage``), which reports
-the stage's wall time (imports and setup left out) and its peak RSS (``ru_maxrss``: the
-process's, imports included, shown apart as ``imports GB``). A stage whose RSS passes
+the stage's wall time (imports and setup left out) and its peak RSS (VmHWM: the process's,
+imports included, shown apart as ``imports GB``). A stage whose RSS passes
 ``--max-rss-gb`` is stopped and shown as such (``>``).
 
 Stages: ``calibrate`` (workflow/scripts/calibrate.py: the experts' val logits, the fit with
@@ -174,8 +174,13 @@ def stage(name: str, folder: Path) -> dict:
         fit_start = time.perf_counter()
         model, summary = fit_calibration(experts, labels, tables["many"].num_classes, log=lambda _: None, **cfg)
         fit = time.perf_counter() - fit_start
-        with torch.no_grad():
-            (model(experts).argmax(1) == labels).float().mean().item()
+        from balanced_experts import calibration
+
+        if hasattr(calibration, "fused_predictions"):  # as the checkout's calibrate.py
+            (calibration.fused_predictions(model, experts) == labels).float().mean().item()
+        else:
+            with torch.no_grad():
+                (model(experts).argmax(1) == labels).float().mean().item()
         save_calibration(folder / "calibration.pt", model, list(EXPERTS))
         notes = (f"max_iter {cfg['max_iter']}: {summary['evaluations']} evaluations, "
                  f"{fit / summary['evaluations']:.2f} s each")
@@ -266,16 +271,27 @@ def stage(name: str, folder: Path) -> dict:
     return {"wall": time.perf_counter() - start, "notes": notes}
 
 
+def high_water() -> int:
+    """This process's peak RSS in bytes: VmHWM, its own address space's (``ru_maxrss`` keeps
+    the parent's across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(name: str, folder: Path) -> None:
-    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if name == "generate":
+        case, folder = folder.name, folder
+        return generate(folder, case)
     import pandas  # noqa: F401  (the libraries every stage imports, counted as the baseline)
     import torch  # noqa: F401
 
     import balanced_experts.report  # noqa: F401
 
-    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    imported = high_water()
     result = stage(name, folder)
-    result.update(peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, imported=imported * 1024)
+    result.update(peak=high_water(), imported=imported)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -388,8 +404,9 @@ def main() -> None:
         folder = root / case
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        if not (folder / "plot_predictions.parquet").exists():
-            generate(folder, case)
+        if not (folder / "plot_predictions.parquet").exists():  # in a child: this process stays small
+            subprocess.run([sys.executable, __file__, "--stage", "generate", "--dir", str(folder)], check=True,
+                           env=dict(os.environ, PYTHONPATH=str(HERE / "src")))
         print(f"{case}: inputs in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         names = [s for s in STAGES if s in stages]
         if case == [c for c in CASES if c in sizes][-1] and not args.no_layout:
