@@ -36,6 +36,27 @@ def test_choose_tau_maximises_validation_accuracy():
     tau, acc = choose_tau(lambda z, t: logit_adjusted(z, counts, t), logits, labels)
     assert tau == pytest.approx(0.95)
     assert acc == pytest.approx(100.0)
+    assert choose_tau(lambda z, t: logit_adjusted(z, counts, t), logits, labels, block_rows=1) == (tau, acc)
+
+
+def test_choose_tau_and_softmax_by_blocks_of_rows_are_the_whole_arrays_bit_for_bit():
+    """The report takes rows a block at a time: the chosen tau, its accuracy and the
+    probabilities are those of all rows at once, bit for bit (the mean as numpy's)."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(53, 7)).astype(np.float32) * 3
+    labels, counts = rng.integers(0, 7, 53), np.array([90, 50, 30, 12, 6, 3, 2])
+    weight, bias = rng.normal(size=(7, 5)), rng.normal(size=7)
+    for transform in (lambda z, t: logit_adjusted(z, counts, t), lambda z, t: tau_normalised(z, weight, bias, t)):
+        whole = choose_tau(transform, logits, labels)
+        assert whole[1] == 100.0 * float((transform(logits, whole[0]).argmax(1) == labels).mean())
+        for block_rows in (1, 4, 53, 1000):
+            assert choose_tau(transform, logits, labels, block_rows=block_rows) == whole
+    assert np.array_equal(tau_normalised(logits, weight, bias, 0.7, norms=np.linalg.norm(weight, axis=1)),
+                          tau_normalised(logits, weight, bias, 0.7))
+    probs = softmax(logits)
+    assert np.array_equal(np.concatenate([softmax(logits[i:i + 5]) for i in range(0, 53, 5)]), probs)
+    z = logits.astype(np.float64) - logits.max(1, keepdims=True)  # the textbook form, out of place
+    assert np.array_equal(probs, np.exp(z) / np.exp(z).sum(1, keepdims=True))
 
 
 def test_ece_hand_computed():

@@ -6,8 +6,8 @@ import torch
 
 from balanced_experts.calibration import (CalibrationObjective, ExpertOutputs, JointCalibration,
                                           SGDRecipe, calibration_from_state,
-                                          calibration_state, fit_calibration, fuse,
-                                          oracle_predictions, reject_prior_shift)
+                                          calibration_state, fit_calibration, fuse, fused_predictions,
+                                          oracle_predictions, reject_prior_shift, select_rows)
 
 
 def two_experts():
@@ -82,6 +82,21 @@ def test_fit_lowers_nll_and_round_trips():
         naive = (fuse(test_experts, 9).argmax(1) == test_labels).float().mean()
         calibrated = (model(test_experts).argmax(1) == test_labels).float().mean()
     assert calibrated > naive
+
+
+def test_the_fusion_by_blocks_of_rows_is_the_fusion_of_all_rows_bit_for_bit():
+    """calibrate.py's val accuracy and the report's fused probabilities are computed a block
+    of rows at a time: the same numbers as all rows at once."""
+    experts, labels = synthetic_expert_logits(n_per_class=13)
+    model, _ = fit_calibration(experts, labels, 9, max_iter=20, log=lambda _: None)
+    with torch.no_grad():
+        whole = model(experts)
+        for block_rows in (1, 2, 10, 4096):
+            assert torch.equal(fused_predictions(model, experts, block_rows), whole.argmax(1))
+            parts = [model(select_rows(experts, slice(s, s + block_rows))) for s in range(0, len(labels), block_rows)]
+            assert torch.equal(torch.cat(parts), whole)
+            naive = [fuse(select_rows(experts, slice(s, s + block_rows)), 9) for s in range(0, len(labels), block_rows)]
+            assert torch.equal(torch.cat(naive), fuse(experts, 9))
 
 
 @pytest.mark.parametrize("prior_correction", [True, False])

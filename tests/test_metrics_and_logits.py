@@ -4,7 +4,8 @@ import pytest
 
 from balanced_experts.experts import REJECT
 from balanced_experts.lists import ImageList
-from balanced_experts.logits import LogitsTable, check_aligned, model_logits_table, read_logits, write_logits
+from balanced_experts.logits import (LogitsTable, check_aligned, logits_meta, model_logits_table, read_logits,
+                                     write_logits)
 from balanced_experts.metrics import four_fold_accuracy, per_class_accuracy
 
 
@@ -74,6 +75,29 @@ def test_a_models_logits_file_records_its_outputs_from_its_weights(tmp_path):
     del base["open_ratio"], base["num_learnable"]
     table = model_logits_table(np.zeros((4, 9), np.float32), images, "base", "test", base)
     assert table.meta == {"model": "base", "split": "test", "num_classes": 9} and not table.is_expert
+
+
+def test_logits_read_in_column_blocks_are_the_file_read_at_once(tmp_path):
+    """read_logits decodes the logits columns a block at a time into one array: blocks of
+    one column, of a few (the last one short) and of all give the file's logits, bit for bit."""
+    rng = np.random.default_rng(3)
+    n, ids = 37, np.array([0, 2, 3, 5, 6, 8, 9, REJECT])
+    table = LogitsTable(logits=rng.normal(size=(n, len(ids))).astype(np.float32) * 1e3, labels=rng.integers(0, 10, n),
+                        sample_ids=np.arange(n), paths=[f"test/{i}.jpg" for i in range(n)], output_class_ids=ids,
+                        meta={"model": "few", "split": "test", "num_classes": 10, "open_ratio": 4.0})
+    path = tmp_path / "few" / "test.parquet"
+    write_logits(path, table)
+    whole = read_logits(path, block_columns=len(ids))
+    assert whole.logits.flags.c_contiguous and whole.logits.dtype == np.float32
+    assert np.array_equal(whole.logits, table.logits)
+    for block in (1, 3, 512):
+        back = read_logits(path, block_columns=block)
+        assert np.array_equal(back.logits, whole.logits) and back.logits.flags.c_contiguous
+        assert np.array_equal(back.labels, whole.labels) and np.array_equal(back.sample_ids, whole.sample_ids)
+        assert back.paths == whole.paths and back.meta == whole.meta
+    assert logits_meta(path) == whole.meta
+    # pandas reads the same file, a column per output
+    assert np.array_equal(pd.read_parquet(path).filter(like="logit_").to_numpy(), table.logits)
 
 
 def test_alignment_check():

@@ -422,3 +422,44 @@ def test_paper_tables_of_the_run(tiny_run, tmp_path):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_the_report_read_model_by_model_in_any_blocks_is_the_pipelines(tiny_run, tmp_path):
+    """build_report reads one model's logits at a time and scores a block of rows at a
+    time: blocks of one row and one logits column give the very report of one block of
+    everything, and its files are the pipeline's report stage's, byte for byte."""
+    import json
+
+    from balanced_experts.report import build_report
+
+    results = tiny_run / "results/tiny/seed0"
+
+    def logits(model):
+        return results / f"logits/{model}/test.parquet"
+
+    def report(**blocks):
+        return build_report(classes_csv=tiny_run / "results/tiny/classes.csv",
+                            base_val=results / "logits/base/val.parquet", base_test=logits("base"),
+                            base_weights=results / "models/base/weights.pt",
+                            decoupled_logits=[logits(m) for m in ("crt", "lws")],
+                            expert_logits=[logits(e) for e in EXPERTS],
+                            calibration=results / "calibration/calibration.pt",
+                            peer_logits=[logits(p) for p in methods.PEER_METHODS],
+                            test_time={"sade_test_time": results / "test_time/sade.csv"}, **blocks)
+
+    whole, small = report(block_rows=10**9, block_columns=10**9), report(block_rows=1, block_columns=1)
+    assert len(whole.predictions) > 1 and whole.summary["method"].tolist() == METHODS
+    for name in ("summary", "per_class", "predictions", "test_shift"):
+        pd.testing.assert_frame_equal(getattr(small, name), getattr(whole, name), check_exact=True)
+    assert small.info == whole.info
+    pd.testing.assert_frame_equal(report(block_rows=7, block_columns=5).predictions, whole.predictions,
+                                  check_exact=True)
+    # The pipeline wrote the same report (workflow/scripts/report.py's formats).
+    whole.summary.to_csv(tmp_path / "report.csv", index=False, float_format="%.2f")
+    whole.per_class.to_csv(tmp_path / "per_class.csv", index=False, float_format="%.2f")
+    whole.test_shift.to_csv(tmp_path / "test_shift.csv", index=False, float_format="%.2f")
+    for name in ("report.csv", "per_class.csv", "test_shift.csv"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
+    pd.testing.assert_frame_equal(whole.predictions, pd.read_parquet(results / "predictions/test.parquet"),
+                                  check_exact=True)
+    assert whole.info == json.loads((results / "report_info.json").read_text())

@@ -1,10 +1,12 @@
 """Accuracy under shifted test label distributions (SADE's forward / backward long tails)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from balanced_experts.shift import (DISTRIBUTIONS, adapted_predictions, assumed_prior, expected_accuracy,
-                                    frequency_rank, log_probabilities, shifted_prior, shift_table)
+from balanced_experts.shift import (DISTRIBUTIONS, SHIFT_COLUMNS, adapted_predictions, assumed_prior,
+                                    expected_accuracy, frequency_rank, log_probabilities, shifted_prior,
+                                    shift_table)
 
 
 def test_distributions_run_forward_to_backward():
@@ -87,3 +89,22 @@ def test_assumed_priors():
     np.testing.assert_allclose(assumed_prior("experts_calibrated", counts, split, 0.0), np.full(4, 0.25))
     # Each split carries half the mass, spread by training counts within it.
     np.testing.assert_allclose(assumed_prior("experts_naive", counts, split, 0.0), [1 / 3, 1 / 6, 0.4, 0.1])
+
+
+def test_the_shift_table_is_its_methods_tables_in_order_for_any_block_of_rows():
+    """shift_table of several methods is each method's own table, concatenated in the
+    methods' order; the rows taken at a time change no number."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(6), 5)
+    counts = np.array([80, 40, 20, 9, 4, 2])
+    probs = {m: rng.dirichlet(np.ones(6) * 0.3, size=len(labels)) for m in ("a", "b", "c")}
+    priors = {"a": np.full(6, 1 / 6), "b": counts / counts.sum(), "c": np.full(6, 1 / 6)}
+    table = shift_table(probs, priors, labels, counts)
+    assert table["method"].tolist() == [m for m in "abc" for _ in DISTRIBUTIONS]
+    each = pd.concat([shift_table({m: p}, {m: priors[m]}, labels, counts) for m, p in probs.items()],
+                     ignore_index=True)
+    pd.testing.assert_frame_equal(table, each, check_exact=True)
+    for block_rows in (1, 7, len(labels)):
+        pd.testing.assert_frame_equal(shift_table(probs, priors, labels, counts, block_rows=block_rows), table,
+                                      check_exact=True)
+    assert shift_table({}, {}, labels, counts).columns.tolist() == SHIFT_COLUMNS

@@ -339,6 +339,16 @@ def expert_outputs_from_table(table, device="cpu") -> ExpertOutputs:
     )
 
 
+def fused_predictions(model: JointCalibration, experts: list[ExpertOutputs], block_rows: int = 4096) -> torch.Tensor:
+    """The top-1 class of ``model``'s fusion of ``experts``, computed ``block_rows`` rows at a
+    time: the N x C log-probabilities never exist at once (rows are independent, so the
+    predictions are those of all rows at once)."""
+    total = experts[0].logits.shape[0]
+    with torch.no_grad():
+        return torch.cat([model(select_rows(experts, slice(start, start + block_rows))).argmax(1)
+                          for start in range(0, max(total, 1), max(1, block_rows))])
+
+
 def oracle_predictions(experts: list[ExpertOutputs], labels: torch.Tensor) -> torch.Tensor:
     """Route each sample to the expert that owns its true class; that expert's best class.
 

@@ -91,31 +91,75 @@ def write_logits(path: str | Path, table: LogitsTable) -> None:
                        use_dictionary=False, write_statistics=["sample_id", "label"])
 
 
-def read_logits(path: str | Path) -> LogitsTable:
-    """A logits file; :class:`ArtifactError` (naming the file and the fix) if it is damaged
-    or not one of ours."""
+READ_BLOCK_COLUMNS = 512
+"""Logits columns :func:`read_logits` decodes at a time."""
+
+
+def logits_meta(path: str | Path) -> dict:
+    """A logits file's metadata (the schema's: no column is read); :class:`ArtifactError`
+    (naming the file and the fix) if it is damaged or not one of ours."""
+    parquet, meta = _open(path)
+    parquet.close()
+    return meta
+
+
+def _open(path: str | Path) -> tuple[pq.ParquetFile, dict]:
     with reading(path, "Parquet file"):
-        table = pq.read_table(path)
-    raw = (table.schema.metadata or {}).get(META_KEY)
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+    raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise ArtifactError(path, f"a Parquet file, but not logits of this workflow (no "
                                   f"'{META_KEY.decode()}' metadata)")
     try:
         meta = json.loads(raw)
-        output_class_ids = np.asarray(meta["output_class_ids"], dtype=np.int64)
-        names = column_names(output_class_ids)
-        # Columns stacked as rows, then one transposing copy (torch's uses every thread): 1.5x
-        # faster than stacking them as columns of a row-major array.
-        by_column = np.stack([table.column(n).to_numpy() for n in names]).astype(np.float32, copy=False)
-        columns = {n: table.column(n) for n in ("label", "sample_id", "path")}
-    except (KeyError, TypeError, ValueError) as error:  # json, a missing key or column
+        np.asarray(meta["output_class_ids"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as error:  # json, a missing key
         raise ArtifactError(path, f"logits whose columns do not match their metadata ({error})") from None
-    logits = torch.from_numpy(by_column).T.contiguous().numpy()
+    return parquet, meta
+
+
+def read_logits(path: str | Path, block_columns: int = READ_BLOCK_COLUMNS) -> LogitsTable:
+    """A logits file; :class:`ArtifactError` (naming the file and the fix) if it is damaged
+    or not one of ours.
+
+    The logits columns are decoded ``block_columns`` at a time into one preallocated N x M
+    array, so reading costs the array and one block, not the whole table and its copies.
+    """
+    parquet, meta = _open(path)
+    with parquet:
+        return _read(path, parquet, meta, max(1, block_columns))
+
+
+def _read(path, parquet: pq.ParquetFile, meta: dict, block_columns: int) -> LogitsTable:
+    output_class_ids = np.asarray(meta["output_class_ids"], dtype=np.int64)
+    names = column_names(output_class_ids)
+    present = set(parquet.schema_arrow.names)
+    for name in ("label", "sample_id", "path", *names):
+        if name not in present:
+            error = KeyError(f'Field "{name}" does not exist in schema')
+            raise ArtifactError(path, f"logits whose columns do not match their metadata ({error})")
+    logits = np.empty((parquet.metadata.num_rows, len(names)), dtype=np.float32)
+    out = torch.from_numpy(logits)
+    for start in range(0, len(names), block_columns):
+        block = names[start:start + block_columns]
+        with reading(path, "Parquet file"):
+            table = parquet.read(columns=block, use_threads=True)
+        try:
+            # Columns stacked as rows, then one transposing copy into place (torch's uses
+            # every thread): faster than writing each column into the row-major array.
+            by_column = np.stack([table.column(n).to_numpy() for n in block]).astype(np.float32, copy=False)
+        except (KeyError, TypeError, ValueError) as error:  # a column that is not numbers
+            raise ArtifactError(path, f"logits whose columns do not match their metadata ({error})") from None
+        out[:, start:start + len(block)] = torch.from_numpy(by_column).T
+        del table, by_column
+    with reading(path, "Parquet file"):
+        columns = parquet.read(columns=["label", "sample_id", "path"])
     return LogitsTable(
         logits=logits,
-        labels=columns["label"].to_numpy().astype(np.int64),
-        sample_ids=columns["sample_id"].to_numpy().astype(np.int64),
-        paths=columns["path"].to_pylist(),
+        labels=columns.column("label").to_numpy().astype(np.int64),
+        sample_ids=columns.column("sample_id").to_numpy().astype(np.int64),
+        paths=columns.column("path").to_pylist(),
         output_class_ids=output_class_ids,
         meta=meta,
     )

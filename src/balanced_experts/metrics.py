@@ -38,7 +38,12 @@ def four_fold_accuracy(predictions, labels, class_split) -> dict[str, float]:
 def negative_log_likelihood(probs, labels, eps: float = 1e-12) -> float:
     """Mean ``-log p(true class)``; probabilities are clipped at ``eps`` so a zero gives a finite value."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], eps, None)).mean())
+    return negative_log_likelihood_of(probs[np.arange(len(labels)), labels], eps)
+
+
+def negative_log_likelihood_of(true_probs, eps: float = 1e-12) -> float:
+    """:func:`negative_log_likelihood` from each sample's probability of its true class."""
+    return float(-np.log(np.clip(np.asarray(true_probs, dtype=np.float64), eps, None)).mean())
 
 
 def reliability_bins(confidence, correct, bins: int = 15):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -53,25 +54,61 @@ def _smooth(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.n
     return x[half:len(x) - window + half + 1], np.convolve(y, kernel, mode="valid")
 
 
+DOTS_MAX_CLASSES = 1000
+"""Up to this many classes the per-class plot shows every class as a dot under a moving
+average; above it (iNaturalist's 8,142), means over bins of classes."""
+CLASS_BINS = 40
+"""About how many bins of classes the per-class plot of many classes has."""
+
+
+def class_bins(train_counts, bins: int = CLASS_BINS) -> list[np.ndarray]:
+    """The classes in about ``bins`` groups of consecutive training counts, each of about
+    equal size; classes of one count are never split (so a count that many classes share is
+    one group of its own)."""
+    counts = np.asarray(train_counts)
+    order = np.argsort(counts, kind="stable")
+    ordered = counts[order]
+    size = max(1, -(-len(counts) // bins))
+    groups, start = [], 0
+    while start < len(counts):
+        end = min(start + size, len(counts))
+        end = int(np.searchsorted(ordered, ordered[end - 1], side="right"))
+        groups.append(order[start:end])
+        start = end
+    return groups
+
+
 def per_class_accuracy_plot(per_class: list[pd.DataFrame], path: str | Path) -> None:
     """Accuracy of each class against its training count (log x), per method, smoothed.
 
-    ``per_class``: one table per seed. Dots are the classes' accuracies averaged over the
-    seeds, lines the moving average; with several seeds a band spans one standard deviation
-    of the seeds' moving averages either side of the line.
+    ``per_class``: one table per seed. Up to :data:`DOTS_MAX_CLASSES` classes, dots are the
+    classes' accuracies averaged over the seeds, lines the moving average; with more classes,
+    points are the mean accuracy of bins of classes of neighbouring training counts
+    (:func:`class_bins`), at the bins' geometric mean count, and no class is drawn alone.
+    With several seeds a band spans one standard deviation of the seeds' lines either side.
     """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     first = per_class[0]
     counts = first["train_count"].to_numpy(dtype=float)
+    binned = len(first) > DOTS_MAX_CLASSES
     window = max(1, len(first) // 12)
+    groups = class_bins(counts) if binned else []
     for method, (color, marker) in METHOD_STYLES.items():
         if method not in first:
             continue
         accs = np.stack([frame[method].to_numpy(dtype=float) for frame in per_class])
-        ax.scatter(counts, accs.mean(0), s=8, color=color, alpha=0.25, marker=marker)
-        curves = [_smooth(counts, acc, window) for acc in accs]
-        xs, ys = curves[0][0], np.stack([c[1] for c in curves])
-        ax.plot(xs, ys.mean(0), color=color, lw=2 if method == PROPOSED else 1.3, label=method)
+        if binned:
+            xs = np.array([np.exp(np.log(np.maximum(counts[g], 1)).mean()) for g in groups])
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a bin of classes without test images
+                ys = np.stack([[np.nanmean(acc[g]) for g in groups] for acc in accs])
+            ax.plot(xs, ys.mean(0), color=color, lw=2 if method == PROPOSED else 1.3, label=method,
+                    marker=marker, ms=3)
+        else:
+            ax.scatter(counts, accs.mean(0), s=8, color=color, alpha=0.25, marker=marker)
+            curves = [_smooth(counts, acc, window) for acc in accs]
+            xs, ys = curves[0][0], np.stack([c[1] for c in curves])
+            ax.plot(xs, ys.mean(0), color=color, lw=2 if method == PROPOSED else 1.3, label=method)
         if len(per_class) > 1:
             spread = ys.std(0, ddof=1)
             ax.fill_between(xs, np.clip(ys.mean(0) - spread, 0, 100), np.clip(ys.mean(0) + spread, 0, 100),
@@ -82,7 +119,11 @@ def per_class_accuracy_plot(per_class: list[pd.DataFrame], path: str | Path) -> 
     ax.set_ylabel("test top-1 accuracy of the class (%)")
     ax.set_ylim(-2, 102)
     spread = f"; bands: ± 1 std over {len(per_class)} seeds" if len(per_class) > 1 else "; one seed"
-    ax.set_title(f"Per-class accuracy (lines: moving average over {window} classes{spread})", fontsize=10)
+    if binned:
+        ax.set_title(f"Per-class accuracy of {len(first):,} classes\n(points: mean over {len(groups)} bins of "
+                     f"~{len(first) // len(groups)} classes by training count{spread})", fontsize=10)
+    else:
+        ax.set_title(f"Per-class accuracy (lines: moving average over {window} classes{spread})", fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

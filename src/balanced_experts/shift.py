@@ -115,21 +115,54 @@ def assumed_prior(method: str, train_counts, class_split, logit_adjustment_tau: 
     return np.full(len(counts), 1.0 / len(counts))
 
 
-def shift_table(probabilities: dict, assumed_priors: dict, labels, train_counts) -> pd.DataFrame:
-    """Expected accuracy (%) of every method under every test distribution, plain and
-    adapted to that distribution's prior. ``probabilities[method]`` is N x C over the
-    balanced test set, ``assumed_priors[method]`` the prior it carries."""
+SHIFT_BLOCK_ROWS = 1024
+"""Rows of probabilities :func:`shift_table` takes logarithms of at a time."""
+
+
+def shift_predictions(probabilities, assumed_prior, train_counts) -> np.ndarray:
+    """``(1 + len(DISTRIBUTIONS))`` x N top-1 predictions of ``probabilities`` (N x C, a
+    method's, carrying ``assumed_prior``): as predicted, then adapted to each distribution's
+    prior. Rows are independent: a block of rows gives those rows' predictions."""
+    log_probs = log_probabilities(probabilities)
+    out = np.empty((1 + len(DISTRIBUTIONS), len(log_probs)), dtype=np.int64)
+    out[0] = log_probs.argmax(1)
+    for index, (distribution, imbalance) in enumerate(DISTRIBUTIONS, start=1):
+        out[index] = adapted_predictions(log_probs, shifted_prior(train_counts, distribution, imbalance),
+                                         assumed_prior)
+    return out
+
+
+def shift_rows(method: str, predictions, labels, train_counts) -> pd.DataFrame:
+    """The rows of ``method`` of the shift table (``SHIFT_COLUMNS``) from its
+    :func:`shift_predictions` on the balanced test set of ``labels``."""
     labels = np.asarray(labels)
     num_classes = len(train_counts)
+    plain = per_class_accuracy(predictions[0], labels, num_classes)
     rows = []
-    for method, probs in probabilities.items():
-        log_probs = log_probabilities(probs)
-        plain = per_class_accuracy(log_probs.argmax(1), labels, num_classes)
-        for distribution, imbalance in DISTRIBUTIONS:
-            prior = shifted_prior(train_counts, distribution, imbalance)
-            adapted = per_class_accuracy(
-                adapted_predictions(log_probs, prior, assumed_priors[method]), labels, num_classes)
-            rows.append({"method": method, "distribution": distribution, "imbalance": imbalance,
-                         "accuracy": expected_accuracy(plain, prior),
-                         "accuracy_adapted": expected_accuracy(adapted, prior)})
+    for (distribution, imbalance), adapted_pred in zip(DISTRIBUTIONS, predictions[1:]):
+        prior = shifted_prior(train_counts, distribution, imbalance)
+        adapted = per_class_accuracy(adapted_pred, labels, num_classes)
+        rows.append({"method": method, "distribution": distribution, "imbalance": imbalance,
+                     "accuracy": expected_accuracy(plain, prior),
+                     "accuracy_adapted": expected_accuracy(adapted, prior)})
     return pd.DataFrame(rows, columns=SHIFT_COLUMNS)
+
+
+def shift_table(probabilities: dict, assumed_priors: dict, labels, train_counts,
+                block_rows: int = SHIFT_BLOCK_ROWS) -> pd.DataFrame:
+    """Expected accuracy (%) of every method under every test distribution, plain and
+    adapted to that distribution's prior. ``probabilities[method]`` is N x C over the
+    balanced test set, ``assumed_priors[method]`` the prior it carries. The methods' rows
+    are independent: the table of several methods is their tables, concatenated in order.
+    ``block_rows`` rows are taken at a time (the same table for any block size)."""
+    block_rows = max(1, block_rows)
+    frames = []
+    for method, probs in probabilities.items():
+        probs = np.asarray(probs)
+        predictions = np.concatenate(
+            [shift_predictions(probs[start:start + block_rows], assumed_priors[method], train_counts)
+             for start in range(0, max(len(probs), 1), block_rows)], axis=1)
+        frames.append(shift_rows(method, predictions, labels, train_counts))
+    if not frames:
+        return pd.DataFrame([], columns=SHIFT_COLUMNS)
+    return pd.concat(frames, ignore_index=True)

@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from balanced_experts.calibration import expert_outputs_from_table, fit_calibration, save_calibration
+from balanced_experts.calibration import (expert_outputs_from_table, fit_calibration, fused_predictions,
+                                          save_calibration)
 from balanced_experts.faults import exit_briefly_on
 from balanced_experts.files import writing
 from balanced_experts.joblog import get_logger
@@ -35,8 +36,7 @@ def main(snakemake) -> None:
     # Fit. The config section's keys (schema-checked) are fit_calibration's keyword
     # arguments; what a dataset leaves out takes the library's default.
     model, summary = fit_calibration(experts, labels, num_classes, log=log.info, **cfg)
-    with torch.no_grad():
-        val_acc = (model(experts).argmax(1) == labels).float().mean().item() * 100
+    val_acc = (fused_predictions(model, experts) == labels).float().mean().item() * 100
     summary["val_acc"] = val_acc
     log.info(f"calibrated experts: val top-1 {val_acc:.2f}%")
     save_calibration(calibration_path, model, names)
