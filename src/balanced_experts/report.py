@@ -172,23 +172,8 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
             table = z = None
     methods = [m for m in METHODS if m in scores]
 
-    rows, per_class, predictions = [], {}, {"sample_id": sample_ids, "label": labels}
-    for method in methods:
-        result = scores[method]
-        if method == "oracle":
-            pred = result
-        else:
-            pred = result.pred
-        row = {"method": method, **four_fold_accuracy(pred, labels, class_split)}
-        if method == "oracle":
-            row["ece"], row["nll"] = np.nan, np.nan
-        else:
-            row["ece"] = binned_calibration_error(*reliability_bins(result.conf, pred == labels, ECE_BINS))
-            row["nll"] = negative_log_likelihood_of(result.true_prob)
-        rows.append(row)
-        per_class[method] = per_class_accuracy(pred, labels, num_classes)
-        predictions[f"pred_{method}"] = pred.astype(np.int64)
-        predictions[f"conf_{method}"] = result.conf if method != "oracle" else np.full(len(labels), np.nan)
+    rows, per_class, predictions = _method_tables(methods, scores, labels, class_split, num_classes)
+    predictions = {"sample_id": sample_ids, "label": labels, **predictions}
 
     # Accuracy under forward / backward long-tailed test distributions, plain and re-targeted
     # to the known test prior from the prior each method's probabilities carry (a peer's:
@@ -207,6 +192,25 @@ def build_report(classes_csv, base_val, base_test, base_weights, decoupled_logit
               "tau_norm_tau": tn_tau, "tau_norm_val_acc": tn_val, "ece_bins": ECE_BINS,
               "methods": {m: METHODS[m] for m in methods}},
     )
+
+
+def _method_tables(methods: list[str], scores: dict, labels, class_split, num_classes: int):
+    """Each method's report row, per-class accuracies and prediction columns, from its
+    scores (the oracle's: its predictions alone, with no confidence, ECE or NLL)."""
+    rows, per_class, predictions = [], {}, {}
+    for method in methods:
+        result = scores[method]
+        pred = result if method == "oracle" else result.pred
+        conf = np.full(len(labels), np.nan) if method == "oracle" else result.conf
+        row = {"method": method, **four_fold_accuracy(pred, labels, class_split), "ece": np.nan, "nll": np.nan}
+        if method != "oracle":
+            row["ece"] = binned_calibration_error(*reliability_bins(conf, pred == labels, ECE_BINS))
+            row["nll"] = negative_log_likelihood_of(result.true_prob)
+        rows.append(row)
+        per_class[method] = per_class_accuracy(pred, labels, num_classes)
+        predictions[f"pred_{method}"] = pred.astype(np.int64)
+        predictions[f"conf_{method}"] = conf
+    return rows, per_class, predictions
 
 
 def test_time_rows(method: str, table_csv) -> pd.DataFrame:
