@@ -3,6 +3,7 @@ list files, a CIFAR python archive, the shared Places-LT lists, and the errors a
 gets for a wrong config before any job starts."""
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -173,11 +174,15 @@ def test_pretrained_trunk_loads_and_a_mismatching_file_names_the_config_key(tmp_
 
 def empty_files_for(data: dict, root: Path) -> Path:
     """An empty file under ``root`` for every image the three lists of ``data`` name."""
+    folders = set()
     for split in ("train", "val", "test"):
         for line in Path(data[f"{split}_list"]).read_text().splitlines():
-            path = root / line.rsplit(" ", 1)[0]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
+            path = os.path.join(root, line.rsplit(" ", 1)[0])
+            folder = os.path.dirname(path)
+            if folder not in folders:  # iNaturalist's shape: 461,939 files in 8,142 folders
+                os.makedirs(folder, exist_ok=True)
+                folders.add(folder)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
     return root
 
 
