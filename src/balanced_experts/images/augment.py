@@ -20,6 +20,7 @@ same on every device and for any number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
@@ -257,12 +258,19 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -> torc
     """
     if x.device.type != "cpu":
         return _jitter_batch(x, factors, orders)
-    # Operations on one image gain nothing from torch's threads, which wait on each other
-    # at every one while the loader's workers hold the other cores.
+    with one_thread():
+        return _jitter_images(x, factors, orders)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's CPU operations on one thread meanwhile: operations on one image gain nothing
+    from its threads, which wait on each other at every one while the loader's workers hold
+    the other cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _jitter_images(x, factors, orders)
+        yield
     finally:
         torch.set_num_threads(threads)
 

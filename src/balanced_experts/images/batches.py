@@ -18,15 +18,17 @@ whole traceback, instead of its one line.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from ..lists import ImageList
+from .augment import one_thread
 from .decoding import ImageFileError, decode_images, describe_image, open_rgb
 from .spec import InputSpec
 
@@ -155,10 +157,12 @@ class _Images(_Listed):
             warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
             pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # a 3 x H x W view
         recipe = self.spec.recipe
-        if self.train:
-            crop = recipe.worker_train(pixels, self.spec, worker_generator(self.seed, i))
-        else:
-            crop = recipe.worker_eval(pixels, self.spec)
+        # A worker has one thread; the main process (no workers) keeps its own for the model.
+        with one_thread() if get_worker_info() is None else contextlib.nullcontext():
+            if self.train:
+                crop = recipe.worker_train(pixels, self.spec, worker_generator(self.seed, i))
+            else:
+                crop = recipe.worker_eval(pixels, self.spec)
         return crop, int(self.targets[i])  # stacked into shared memory by the collate
 
 
