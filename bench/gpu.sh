@@ -5,7 +5,8 @@
 #   bash bench/gpu.sh [--cpu] [python]        python: the venv's, e.g. .venv/bin/python
 #
 #   1. tests/test_cuda.py (nvJPEG against the CPU decoder, the CMYK fallback, preloaded
-#      batches, calibration objective, bf16 training and prediction against the CPU),
+#      batches, the file path's batched jitter, calibration objective, bf16 training and
+#      prediction against the CPU),
 #      tests/test_gpu_path.py and the fast unit tests
 #   2. the tiny pipeline on JPEG files (a `lists` dataset, preload: false, one CMYK file)
 #      with device: cuda, amp and decode_on_device: every stage on the GPU, every image

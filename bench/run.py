@@ -404,18 +404,48 @@ def bench_data_loading(repo: Path, scratch: Path, device):
         kwargs = {"decode_on_device": True} if on_device else {}
         source = ImageSource.open(jpeg_root, jpeg_list, jspec, **kwargs)
 
-        def loader():
-            for _ in source.batches(np.arange(count), jpeg_list.labels, 64, train, device,
-                                    torch.Generator().manual_seed(0)):
+        def loader(passes=1):
+            for _ in source.batches(np.tile(np.arange(count), passes), np.tile(jpeg_list.labels, passes), 64,
+                                    train, device, torch.Generator().manual_seed(0)):
                 pass
             sync()  # the last batch's device work is part of loading it
 
         loader()
-        load_s, _ = timed(loader, repeat=2)
-        bare_s, _ = timed(bare_jpeg, repeat=2)
+        # Interleaved, so that both see the same load of the machine. Also CPU seconds
+        # (the workers': the finished children's), which other jobs on the machine do not
+        # inflate as they do wall time, and those that a second pass over the files adds
+        # to one pass: the workers' steady rate, without their start (a fork per pass).
+        load = twice = bare = (float("inf"),) * 3
+        for _ in range(3):
+            load = min(load, cpu_timed(loader))
+            bare = min(bare, cpu_timed(bare_jpeg))
+            if not on_device:
+                twice = min(twice, cpu_timed(loader, 2))
         what = ("train augment" if train else "eval resize+crop") + (f", decoded on {device}" if on_device else "")
-        row(f"loader, 400x350 JPEG -> 224 px, {what}, {workers} workers", count / load_s, "img/s",
-            "bare PIL decode loop, 1 process", count / bare_s)
+        row(f"loader, 400x350 JPEG -> 224 px, {what}, {workers} workers", count / load[0], "img/s",
+            "bare PIL decode loop, 1 process", count / bare[0])
+        if not on_device and load[2]:
+            row(f"  per worker: img per CPU-second of the workers ({what})", count / load[2], "img/s",
+                "bare PIL decode loop, per CPU-second", count / bare[1])
+            row(f"  per worker, steady: img per CPU-second a 2nd pass adds ({what})", count / (twice[2] - load[2]),
+                "img/s", "bare PIL decode loop, per CPU-second", count / bare[1])
+            row(f"  the training process: img per its CPU-second, steady ({what})", count / (twice[1] - load[1]),
+                "img/s", "bare PIL decode loop, per CPU-second", count / bare[1])
+
+
+def cpu_timed(fn, *args) -> tuple[float, float, float]:
+    """``(wall, CPU, children's CPU)`` seconds of ``fn()``; children's: of the processes it
+    started and reaped meanwhile (DataLoader workers are joined at the end of a pass)."""
+    import resource
+
+    def cpu(who):
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+    wall, self_cpu, children = time.perf_counter(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    fn(*args)
+    return (time.perf_counter() - wall, cpu(resource.RUSAGE_SELF) - self_cpu,
+            cpu(resource.RUSAGE_CHILDREN) - children)
 
 
 def main():

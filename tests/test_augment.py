@@ -14,6 +14,7 @@ involved. At n = 20,000 and m = 15 the tolerance is 0.042 (the statistics measur
 (checked below), a fixed jitter order 0.83.
 """
 
+import dataclasses
 import io
 import math
 
@@ -24,7 +25,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from balanced_experts.images.augment import (AUGMENTATIONS, JITTER, crop_flip, draw_crop_flip, draw_flip_and_jitter,
+                                             _jitter_batch, draw_jitter, flip_and_jitter, jitter,
                                              random_resized_crop_box)
+from balanced_experts.images.batches import worker_generator
 from balanced_experts.images.source import ImageSource
 from balanced_experts.images.spec import InputSpec
 from balanced_experts.lists import ImageList
@@ -107,6 +110,42 @@ def test_flip_and_colour_jitter_are_drawn_as_torchvision_draws_them():
     theirs = np.bincount([_permutation_code(order) for order in their_orders], minlength=6) / N
     assert np.abs(ours - theirs).max() < limit
     assert np.abs(theirs - 1 / 6).max() < limit / 2  # every order equally likely: a fixed one would be 5/6 off
+
+
+def test_the_file_paths_per_image_draws_are_torchvisions():
+    """The file path draws each image's crop box and flip in a worker from the image's own
+    generator (:func:`worker_generator`: the pass's seed and the position), and the jitter's
+    factors and order batch-wise from the job's generator, 64 images a batch: each image's
+    parameters independent, from torchvision's distributions."""
+    h, w = SHAPES[0]
+    crop = _of_type(AUGMENTATIONS["imagenet"].train_transform(_spec("imagenet")), v2.RandomResizedCrop)
+    jitter_transform = _of_type(AUGMENTATIONS["imagenet"].train_transform(_spec("imagenet")), v2.ColorJitter)
+    torch.manual_seed(0)
+    boxes, flips = [], []
+    for position in range(N):  # two passes' seeds, as a job's epochs
+        generator = worker_generator(12345 + position // (N // 2), position % (N // 2))
+        boxes.append(random_resized_crop_box(h, w, generator))
+        flips.append(bool(torch.rand(1, generator=generator) < 0.5))
+    boxes = np.array(boxes)
+    image = Image.new("RGB", (w, h))
+    theirs = np.array([list(crop.make_params([image]).values()) for _ in range(N)])
+    job = torch.Generator().manual_seed(1)
+    factors, orders = (torch.cat(parts) for parts in zip(*(draw_jitter(64, job) for _ in range(N // 64))))
+    drawn = [jitter_transform.make_params([]) for _ in range(len(factors))]
+    their_factors = np.array([[p["brightness_factor"], p["contrast_factor"], p["saturation_factor"]] for p in drawn])
+    limit = tolerance(N, 5 + 1 + 3 + 6 + 1)
+    for column, name in enumerate(("top", "left", "height", "width")):
+        assert ks(boxes[:, column], theirs[:, column]) < limit, name
+    assert ks(boxes[:, 2] * boxes[:, 3], theirs[:, 2] * theirs[:, 3]) < limit, "area"
+    assert abs(np.mean(flips) - _torchvision_flips(N).mean()) < limit
+    for column in range(3):
+        assert ks(factors[:, column].numpy(), their_factors[:, column]) < limit, column
+    ours = np.bincount([_permutation_code(order) for order in orders.tolist()], minlength=6) / len(orders)
+    theirs = np.bincount([_permutation_code([int(i) for i in p["fn_idx"] if i < 3]) for p in drawn],
+                         minlength=6) / len(drawn)
+    assert np.abs(ours - theirs).max() < limit
+    # Independent per image: neighbours in a batch are uncorrelated (not one draw per batch).
+    assert abs(np.corrcoef(factors[:-1, 0], factors[1:, 0])[0, 1]) < limit
 
 
 def test_the_padded_crop_and_flip_are_drawn_as_torchvision_draws_them():
@@ -213,6 +252,102 @@ def test_the_device_path_computes_the_cpu_transform_with_the_parameters_it_drew(
         jitters = train and any(isinstance(t, v2.ColorJitter) for t in recipe.train_transform(spec))
         largest, mean = JITTER_LEVELS if jitters else RESIZE_LEVELS
         assert levels.max() < largest and levels.mean() < mean, (train, levels.max().item(), levels.mean().item())
+
+
+def _replay_file_imagenet(spec, sizes, generator):
+    """The file path's draws, in its order: the pass's seed from the job's generator, each
+    image's box and flip from its worker generator, then the batch's jitter from the job's."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    boxes, flips = [], []
+    for position, (h, w) in enumerate(sizes):
+        image_generator = worker_generator(seed, position)
+        boxes.append(random_resized_crop_box(h, w, image_generator))
+        flips.append(bool(torch.rand(1, generator=image_generator) < 0.5))
+    factors, orders = draw_jitter(len(sizes), generator)
+    return [{v2.RandomResizedCrop: dict(zip(("top", "left", "height", "width"), box)),
+             v2.RandomHorizontalFlip: flip, v2.ColorJitter: _jitter_params(f, order)}
+            for box, flip, f, order in zip(boxes, flips, factors, orders.tolist())]
+
+
+def _jitter_params(factors, order) -> dict:
+    return dict(fn_idx=torch.tensor([*order, 3]), brightness_factor=float(factors[0]),
+                contrast_factor=float(factors[1]), saturation_factor=float(factors[2]), hue_factor=None)
+
+
+def _replay_file_crop_flip(spec, sizes, generator):
+    torch.randint(0, 2**31 - 1, (1,), generator=generator)  # the pass's seed: the workers draw nothing
+    return _replay_crop_flip(spec, sizes, generator)
+
+
+FILE_REPLAYS = {"imagenet": _replay_file_imagenet, "crop_flip": _replay_file_crop_flip,
+                "none": lambda spec, sizes, generator: [{}] * len(sizes)}
+
+# The file path's workers resize uint8 images with torch's uint8 kernel, which rounds its
+# own fixed-point result; PIL rounds its: 1 level apart at most on these images (0.03 on
+# average, most pixels equal; 2 at most on JPEGs of noise).
+FILE_RESIZE_LEVELS = (1.5, 0.1)
+
+
+def test_every_recipe_has_its_file_replay():
+    assert list(FILE_REPLAYS) == list(AUGMENTATIONS)
+
+
+@pytest.mark.parametrize("augment", list(AUGMENTATIONS))
+def test_the_file_path_computes_the_cpu_transform_with_the_parameters_it_drew(tmp_path, augment):
+    """The file path's training batch (seeded, unshuffled, 2 real DataLoader workers) against
+    the recipe's own torchvision transforms of the PIL images, with the parameters the same
+    seed draws; its eval batch against the eval transforms.
+
+    Tolerance: rounding only. The crop: FILE_RESIZE_LEVELS. The jitter: PIL's three steps
+    each truncate to uint8 (0 to 1 level low), the batched jitter works on floats and rounds
+    nowhere: JITTER_LEVELS, as the device path (whose crops are floats). A wrong parameter
+    lies tens of levels off (see the device path's test).
+    """
+    from balanced_experts.images.batches import file_batches
+
+    spec, recipe = dataclasses.replace(_spec(augment), workers=2), AUGMENTATIONS[augment]
+    image_list = _smooth_jpegs(tmp_path)
+    pils = [Image.open(tmp_path / path).convert("RGB") for path in image_list.paths]
+    positions, cpu = torch.arange(len(pils)), torch.device("cpu")
+    for train in (True, False):
+        (x, _), = file_batches(tmp_path, image_list, spec, positions, torch.as_tensor(image_list.labels), len(pils),
+                               train, cpu, torch.Generator().manual_seed(5))
+        if train:
+            replayed = FILE_REPLAYS[augment](spec, [(p.height, p.width) for p in pils],
+                                             torch.Generator().manual_seed(5))
+            expected = [_cpu_transform(recipe.train_transform(spec), p, params) for p, params in zip(pils, replayed)]
+        else:
+            expected = [v2.Compose(recipe.eval_transform(spec))(p) for p in pils]
+        expected = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in expected]) / 255
+        levels = (x - expected).abs() * 255  # mean 0, std 1: x is in [0, 1]
+        jitters = train and any(isinstance(t, v2.ColorJitter) for t in recipe.train_transform(spec))
+        largest, mean = JITTER_LEVELS if jitters else FILE_RESIZE_LEVELS
+        assert levels.max() < largest and levels.mean() < mean, (train, levels.max().item(), levels.mean().item())
+
+
+def test_the_batched_jitter_is_torchvisions_colorjitter_per_image():
+    """:func:`jitter` of a batch (uint8 in, an image at a time on the CPU) against
+    torchvision's ColorJitter of each float image alone with that image's drawn factors and
+    order, and against :func:`flip_and_jitter` (the device path's, whole batch at once).
+
+    Tolerance: on floats both compute the same blends; torchvision's gray weighs red 0.2989,
+    PIL's (and ours) 0.299, which moves a pixel by at most 0.0001 x 255 x 1.4^2 levels per
+    gray step: under 0.02 levels, well under one level of rounding. flip_and_jitter is the
+    same arithmetic in another order: float32 rounding (1e-5)."""
+    colorjitter = _of_type(AUGMENTATIONS["imagenet"].train_transform(_spec("imagenet")), v2.ColorJitter)
+    x = (torch.rand(10, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    x = torch.nn.functional.interpolate(x.float(), size=(20, 30), mode="bilinear").round().to(torch.uint8)
+    factors, orders = draw_jitter(len(x), torch.Generator().manual_seed(1))
+    ours = jitter(x, factors, orders)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == torch.float32
+    for image, mine, f, order in zip(x, ours, factors, orders.tolist()):
+        theirs = colorjitter.transform(image.float() / 255, _jitter_params(f, order))
+        assert (mine - theirs).abs().max() * 255 < 0.05
+    device_form = flip_and_jitter(x.float() / 255, torch.zeros(len(x), dtype=torch.bool), factors, orders)
+    assert (ours - device_form).abs().max() < 1e-5
+    # The whole-batch form, which a GPU runs; float images in too.
+    assert (_jitter_batch(x, factors, orders) - ours).abs().max() < 1e-5
+    assert torch.equal(jitter(x.float() / 255, factors, orders), ours)
 
 
 def test_crop_flip_on_preloaded_images_is_torchvisions_exactly():

@@ -52,6 +52,23 @@ def test_nvjpeg_batches_match_the_cpu_decoder(tmp_path):
             assert (x.cpu() - x_cpu).abs().mean() < 0.05
 
 
+def test_file_batches_jittered_on_cuda_are_the_cpus(tmp_path):
+    """The file path: the workers' crops are the same bytes for either device; the jitter
+    (the whole batch at once on CUDA, an image at a time on the CPU) and the normalisation
+    differ by float rounding only."""
+    root, image_list = jpeg_root(tmp_path)
+    spec = InputSpec(size=32, resize=36, augment="imagenet", mean=(0.5,) * 3, std=(0.25,) * 3, workers=2)
+    source = ImageSource.open(root, image_list, spec)
+    positions = np.arange(len(image_list))
+    for train in (False, True):
+        on_gpu = list(source.batches(positions, image_list.labels, 5, train, CUDA, torch.Generator().manual_seed(3)))
+        on_cpu = list(source.batches(positions, image_list.labels, 5, train, CPU, torch.Generator().manual_seed(3)))
+        for (x, y), (x_cpu, y_cpu) in zip(on_gpu, on_cpu):
+            assert x.device.type == CUDA.type and x.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(y.cpu(), y_cpu)
+            assert torch.allclose(x.cpu(), x_cpu, atol=1e-4)
+
+
 def test_preloaded_batches_are_the_same_on_cuda(tmp_path):
     root, image_list = jpeg_root(tmp_path)
     spec = InputSpec(size=24, augment="crop_flip", preload=True, mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -90,6 +90,26 @@ def test_workers_give_the_batches_the_main_process_gives(jpegs):
     assert torch.equal(x, normalizer(spec, CPU, 255.0)(torch.from_numpy(pixels[indices.numpy()])))
 
 
+def test_training_batches_are_the_same_for_any_number_of_workers(jpegs):
+    """A worker draws an image's crop and flip from that image's generator, the main process
+    the jitter from the job's: a seed gives the same training batches with no worker or two,
+    and on every rerun; another seed other ones."""
+    root, image_list = jpegs
+    indices, targets = torch.tensor([7, 0, 3, 5, 1, 2]), torch.tensor([1, 0, 1, 1, 0, 0])
+    runs = {}
+    for workers, seed in ((0, 0), (2, 0), (2, 0), (2, 1)):
+        spec = InputSpec(size=16, resize=18, augment="imagenet", workers=workers)
+        batches = file_batches(root, image_list, spec, indices, targets, 4, True, CPU,
+                               torch.Generator().manual_seed(seed))
+        runs.setdefault((workers, seed), []).append(_all(batches))
+    (alone,), (first, again), (other,) = runs[0, 0], runs[2, 0], runs[2, 1]
+    assert [len(y) for _, y in alone] == [4, 2]
+    for (x, y), (x2, y2), (x3, y3) in zip(alone, first, again):
+        assert torch.equal(x, x2) and torch.equal(x, x3) and torch.equal(y, y2)
+        assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
+    assert not torch.equal(alone[0][0], other[0][0])
+
+
 def test_the_normalizer_scales_and_standardises():
     spec = InputSpec(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)

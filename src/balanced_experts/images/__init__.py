@@ -3,7 +3,8 @@
 - :mod:`.spec`: :class:`~.spec.InputSpec`, how images become network inputs (the config's
   ``input`` section).
 - :mod:`.augment`: the augmentation recipes (``input.augment``), each defined once: its
-  per-image transform on the CPU, its batch-wise form on the device, its eval transform.
+  torchvision transforms (the reference), the file path's worker crop and batch-wise rest,
+  the device path's form, its eval transform.
 - :mod:`.decoding`: image files to pixels (PIL, or torchvision's decoders, nvJPEG on CUDA),
   and the one-line error naming a file that cannot be read (:class:`~.decoding.ImageFileError`).
 - :mod:`.cache`: a split decoded once into a memory-mapped ``.npy`` file.

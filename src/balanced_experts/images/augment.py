@@ -3,20 +3,24 @@
 A recipe knows every form of itself that a batch path needs (:mod:`.batches`):
 
 - :meth:`Recipe.train_transform`, :meth:`Recipe.eval_transform`: torchvision's per-image
-  transforms of PIL images, run by the DataLoader workers of the file path;
+  transforms of PIL images: the recipe's definition, which the other forms are tested against;
+- :meth:`Recipe.worker_train`, :meth:`Recipe.worker_eval`, :meth:`Recipe.augment_loaded`: the
+  file path's form: the DataLoader workers crop (and flip) each decoded image to the input
+  size in uint8, the training process does the rest batch-wise on its device;
 - :meth:`Recipe.train_crop`, :meth:`Recipe.eval_crop`, :meth:`Recipe.augment_batch`: the
   device path's form (files decoded on the job's device): one crop per image to the input
   size, then the rest batch-wise;
 - :meth:`Recipe.augment_preloaded`: batch-wise, on preloaded images already at the input size.
 
-The device path draws from the same distributions as torchvision's transforms (each draw
-function below says which; tests/test_augment.py compares them over many draws), but from
-the job's seeded CPU generator rather than torch's global one, so that its batches are the
-same on every device.
+The batch-wise forms draw from the same distributions as torchvision's transforms (each
+draw function below says which; tests/test_augment.py compares them over many draws), but
+from seeded CPU generators rather than torch's global one, so that their batches are the
+same on every device and for any number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING
 
@@ -61,6 +65,21 @@ class Recipe:
         stacked and scaled to [0, 1]."""
         return x
 
+    def worker_train(self, image: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+        """The file path's per-image part of :meth:`train_transform`, in a DataLoader worker,
+        of one decoded 3 x H x W uint8 image: uint8 3 x size x size. The rest:
+        :meth:`augment_loaded`."""
+        return self.worker_eval(image, spec)
+
+    def worker_eval(self, image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+        """:meth:`eval_transform` in a worker, of one decoded 3 x H x W uint8 image (uint8)."""
+        return resize_and_center_crop(image, spec.eval_resize, spec.size, uint8=True)
+
+    def augment_loaded(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+        """The rest of the training transform, batch-wise on the job's device, of
+        :meth:`worker_train`'s N x 3 x size x size uint8 images: uint8, or float in [0, 1]."""
+        return x
+
     def augment_preloaded(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
         """The training augmentation, batch-wise, of preloaded N x 3 x size x size uint8 images."""
         return x
@@ -86,6 +105,12 @@ class CropFlip(Recipe):
     def augment_preloaded(self, x, spec, generator):
         return _pad_crop_flip(x, spec, generator)
 
+    def worker_train(self, image, spec, generator):
+        return resize_and_center_crop(image, spec.size, spec.size, uint8=True)
+
+    def augment_loaded(self, x, spec, generator):
+        return _pad_crop_flip(x, spec, generator)
+
 
 class ImageNet(Recipe):
     """``imagenet``: RandomResizedCrop, flip half, ColorJitter(0.4, 0.4, 0.4)."""
@@ -105,6 +130,15 @@ class ImageNet(Recipe):
     def augment_batch(self, x, spec, generator):
         return flip_and_jitter(x, *draw_flip_and_jitter(len(x), generator))
 
+    def worker_train(self, image, spec, generator):
+        top, left, height, width = random_resized_crop_box(*image.shape[-2:], generator)
+        crop = resize(image[:, top:top + height, left:left + width], (spec.size, spec.size), uint8=True)
+        return crop.flip(-1) if torch.rand(1, generator=generator) < 0.5 else crop
+
+    def augment_loaded(self, x, spec, generator):
+        # The jitter's parameters come from the job's generator, one set per image.
+        return jitter(x, *draw_jitter(len(x), generator))
+
     def augment_preloaded(self, x, spec, generator):
         # Preloaded images are already at the input size, with no room for a resized crop:
         # they are padded, cropped and flipped as crop_flip's are.
@@ -117,17 +151,19 @@ AUGMENTATIONS: dict[str, Recipe] = {recipe.name: recipe for recipe in (ImageNet(
 
 # -- resizing on the device ----------------------------------------------------------------
 
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of one 3 x H x W image to float 3 x size."""
-    return torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear",
-                                           antialias=True, align_corners=False)[0]
+def resize(image: torch.Tensor, size: tuple[int, int], uint8: bool = False) -> torch.Tensor:
+    """Bilinear, antialiased resize of one 3 x H x W image to float 3 x size; ``uint8``: of
+    a uint8 image on the CPU to uint8 (torch's vectorised uint8 kernel, rounded: a worker's)."""
+    return torch.nn.functional.interpolate(image[None] if uint8 else image[None].float(), size=size,
+                                           mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def resize_and_center_crop(image: torch.Tensor, short: int, size: int) -> torch.Tensor:
-    """Resize(short) + CenterCrop(size) of one 3 x H x W image, as torchvision's (float 3 x size x size)."""
+def resize_and_center_crop(image: torch.Tensor, short: int, size: int, uint8: bool = False) -> torch.Tensor:
+    """Resize(short) + CenterCrop(size) of one 3 x H x W image, as torchvision's (float 3 x
+    size x size; ``uint8``: as :func:`resize`'s)."""
     h, w = image.shape[-2:]
     # Resize(short)'s output size: the long side floored, computed in torchvision's order
-    resized = resize(image, (short, int(short * w / h)) if h < w else (int(short * h / w), short))
+    resized = resize(image, (short, int(short * w / h)) if h < w else (int(short * h / w), short), uint8)
     # CenterCrop's offsets (rounded, not floored), so eval inputs match the PIL path.
     top = int(round((resized.shape[1] - size) / 2))
     left = int(round((resized.shape[2] - size) / 2))
@@ -160,13 +196,19 @@ def random_resized_crop_box(h: int, w: int, generator, scale=(0.08, 1.0), ratio=
 
 def draw_flip_and_jitter(n: int, generator, strength: float = JITTER):
     """``(flips, factors, orders)`` of n images: RandomHorizontalFlip's (half of them) and
-    ColorJitter's: a brightness, contrast and saturation factor each uniform in
-    [1 - strength, 1 + strength], applied in a random order (``orders[i]``, a permutation of
-    0, 1, 2 as ``factors``' columns), as ``ColorJitter.make_params`` draws them."""
+    :func:`draw_jitter`'s."""
     flips = torch.rand(n, generator=generator) < 0.5
+    return (flips, *draw_jitter(n, generator, strength))
+
+
+def draw_jitter(n: int, generator, strength: float = JITTER):
+    """``(factors, orders)`` of n images, ColorJitter's: a brightness, contrast and saturation
+    factor each uniform in [1 - strength, 1 + strength], applied in a random order
+    (``orders[i]``, a permutation of 0, 1, 2 as ``factors``' columns), as
+    ``ColorJitter.make_params`` draws them."""
     factors = 1 + strength * (2 * torch.rand(n, 3, generator=generator) - 1)
     orders = torch.rand(n, 3, generator=generator).argsort(1)
-    return flips, factors, orders
+    return factors, orders
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +244,76 @@ def flip_and_jitter(x: torch.Tensor, flips, factors, orders) -> torch.Tensor:
                 on_device = rows.to(x.device)
                 x[on_device] = adjust(x[on_device], factors[rows, which].to(x.device)[:, None, None, None])
     return x
+
+
+def jitter(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """Jitter the colours of N x 3 x H x W images, uint8 or float in [0, 1], each image by its
+    own :func:`draw_jitter` ``factors`` and ``orders`` (CPU tensors): float in [0, 1],
+    channels-last; ``x`` is left as it is.
+
+    :func:`flip_and_jitter`'s operations, each a blend ``x * f + base * (1 - f)`` whose base
+    is black, the image's mean gray or its gray image, then clamped. On the CPU one image at
+    a time (:func:`_jitter_images`), on one thread; elsewhere the whole batch at once
+    (:func:`_jitter_batch`).
+    """
+    if x.device.type != "cpu":
+        return _jitter_batch(x, factors, orders)
+    with one_thread():
+        return _jitter_images(x, factors, orders)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's CPU operations on one thread meanwhile: operations on one image gain nothing
+    from its threads, which wait on each other at every one while the loader's workers hold
+    the other cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _as_unit(x: torch.Tensor) -> torch.Tensor:
+    """A float copy of images ``x`` (uint8 or float in [0, 1]) in [0, 1]."""
+    part = x.to(torch.float32, copy=True)
+    return part.div_(255) if x.dtype == torch.uint8 else part
+
+
+def _jitter_images(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """:func:`jitter` one image at a time, in place: its floats (0.6 MB at 224 px) stay in a
+    core's L2 cache through every step, where a pass over a whole batch leaves it at each."""
+    out = torch.empty(x.shape, dtype=torch.float32, memory_format=torch.channels_last)
+    for i, (row, order) in enumerate(zip(factors.tolist(), orders.tolist())):
+        image = _as_unit(x[i])
+        for which in order:
+            f = row[which]
+            if which == 0:
+                image.mul_(f)
+            else:
+                gray = _gray(image[None])[0, 0]
+                image.mul_(f).add_((gray.mean() if which == 1 else gray) * (1 - f))
+            image.clamp_(0, 1)
+        out[i] = image
+    return out
+
+
+def _jitter_batch(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """:func:`jitter` of the whole batch in each operation: few kernels on a GPU, and no
+    rows gathered and scattered (nor the device synchronisations that would take)."""
+    # Per step and image: the factor, and whether the base is the mean gray, the gray image.
+    steps = torch.stack([factors.gather(1, orders).T, (orders == 1).T.float(), (orders == 2).T.float()], 2)
+    if x.device.type == "cuda":
+        steps = steps.pin_memory()  # so that the copy below does not wait for the device's queue
+    steps = steps.to(x.device, non_blocking=True)
+    x = _as_unit(x)
+    for step in steps:
+        f, contrast, saturation = (step[:, k].view(-1, 1, 1, 1) for k in range(3))
+        gray = _gray(x)
+        base = torch.lerp(gray.mean((2, 3), keepdim=True) * contrast, gray, saturation)
+        x.mul_(f).add_(base.mul_(1 - f)).clamp_(0, 1)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def draw_crop_flip(n: int, pad: int, generator):

@@ -2,8 +2,9 @@
 
 - :func:`preloaded_batches`: images decoded once (synthetic, CIFAR: small), augmented
   batch-wise on the device, which avoids per-sample Python work that would dominate on a CPU;
-- :func:`file_batches`: DataLoader workers open each file with PIL and apply the recipe's
-  per-image transform (ImageNet-LT, Places-LT);
+- :func:`file_batches`: DataLoader workers decode each file with PIL and crop it to the
+  input size (ImageNet-LT, Places-LT); the rest of the augmentation (the colour jitter) runs
+  batch-wise on the device;
 - :func:`device_batches` (``decode_on_device``): the workers only read the files' bytes; the
   JPEGs are decoded (nvJPEG on CUDA) and augmented batch-wise on the device.
 
@@ -17,14 +18,17 @@ whole traceback, instead of its one line.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from ..lists import ImageList
+from .augment import one_thread
 from .decoding import ImageFileError, decode_images, describe_image, open_rgb
 from .spec import InputSpec
 
@@ -62,28 +66,32 @@ def preloaded_batches(pixels: np.ndarray, spec: InputSpec, indices: torch.Tensor
 
 def file_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: torch.Tensor, targets: torch.Tensor,
                  batch_size: int, train: bool, device: torch.device, generator) -> Batches:
-    """Batches of the listed files, opened and transformed per image by ``spec.workers`` workers."""
-    from torchvision.transforms import v2
+    """Batches of the listed files, decoded and cropped by ``spec.workers`` workers
+    (:meth:`~.augment.Recipe.worker_train`), augmented further batch-wise on ``device``
+    (:meth:`~.augment.Recipe.augment_loaded`).
 
+    A worker's random draws (crop box, flip) come from a generator seeded by the pass's seed
+    (from ``generator``) and the image's position: the same crops for any number of workers.
+    The batch-wise draws (the jitter's) come from ``generator`` itself."""
     recipe = spec.recipe
-    # Workers hand over uint8 images (a quarter of the bytes through shared memory); the
-    # scaling to [0, 1] and the normalisation run batch-wise on the device.
-    transform = v2.Compose([*(recipe.train_transform(spec) if train else recipe.eval_transform(spec)),
-                            v2.PILToTensor()])
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator else 0
     loader = DataLoader(
-        _Images(root, image_list, indices.numpy(), targets.numpy(), transform),
+        _Images(root, image_list, indices.numpy(), targets.numpy(), spec, train, seed),
         batch_size=batch_size,
         shuffle=False,  # already shuffled, reproducibly
         num_workers=spec.workers,
         collate_fn=_stack_or_failure,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),  # the workers' seeds
+        generator=torch.Generator().manual_seed(seed),  # its own seed draw, not from torch's global one
     )
-    normalize = normalizer(spec, device, 255.0)
+    # Workers hand over uint8 images (a quarter of the bytes through shared memory).
+    normalize = {torch.uint8: normalizer(spec, device, 255.0), torch.float32: normalizer(spec, device, 1.0)}
     for batch in loader:
         x, y = _raise_failure(batch)
-        yield normalize(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)
+        if train:
+            x = recipe.augment_loaded(x, spec, generator)
+        yield normalize[x.dtype](x), y.to(device, non_blocking=True)
 
 
 def device_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: torch.Tensor, targets: torch.Tensor,
@@ -112,6 +120,12 @@ def device_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: 
 
 # -- what the workers run ----------------------------------------------------------------------
 
+def worker_generator(seed: int, position: int) -> torch.Generator:
+    """The generator of a worker's draws for the image at ``position`` of a pass of ``seed``."""
+    # torch's mt19937 takes a 32-bit seed: the two are mixed into one.
+    return torch.Generator().manual_seed((seed * 1_000_003 + position) % 2**32)
+
+
 class _Listed(Dataset):
     """The listed images ``indices`` (positions in ``image_list``), with their ``targets``."""
 
@@ -124,18 +138,32 @@ class _Listed(Dataset):
 
 
 class _Images(_Listed):
-    """Each image opened and transformed: ``(uint8 image, target)``, or the ImageFileError."""
+    """Each image decoded and cropped to the input size: ``(uint8 3 x size x size image,
+    target)``, or the ImageFileError."""
 
-    def __init__(self, root: Path, image_list: ImageList, indices, targets, transform):
+    def __init__(self, root: Path, image_list: ImageList, indices, targets, spec: InputSpec, train: bool,
+                 seed: int):
         super().__init__(root, image_list, indices, targets)
-        self.transform = transform
+        self.spec, self.train, self.seed = spec, train, seed
 
     def __getitem__(self, i):
         try:
             image = open_rgb(self.root, self.image_list, int(self.indices[i]))
         except ImageFileError as error:
             return error
-        return self.transform(image), int(self.targets[i])
+        with warnings.catch_warnings():
+            # PIL's pixels as a read-only array, only read here: a copy would cost an eighth
+            # of the decoding.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # a 3 x H x W view
+        recipe = self.spec.recipe
+        # A worker has one thread; the main process (no workers) keeps its own for the model.
+        with one_thread() if get_worker_info() is None else contextlib.nullcontext():
+            if self.train:
+                crop = recipe.worker_train(pixels, self.spec, worker_generator(self.seed, i))
+            else:
+                crop = recipe.worker_eval(pixels, self.spec)
+        return crop, int(self.targets[i])  # stacked into shared memory by the collate
 
 
 class _EncodedImages(_Listed):
