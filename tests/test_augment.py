@@ -219,6 +219,24 @@ RESIZE_LEVELS = (1.5, 0.5)
 JITTER_LEVELS = (6.0, 2.0)
 
 
+def _assert_the_cpu_transforms(x, pils, augment, train, replay, resize_levels):
+    """``x`` (a path's batch of ``pils``, seeded with 5, with mean 0 and std 1) is the recipe's
+    torchvision transforms of each PIL image with the parameters ``replay`` draws from that
+    seed (eval: its eval transforms), within rounding: ``resize_levels``, or JITTER_LEVELS
+    where the colours are jittered."""
+    spec, recipe = _spec(augment), AUGMENTATIONS[augment]
+    if train:
+        replayed = replay(spec, [(p.height, p.width) for p in pils], torch.Generator().manual_seed(5))
+        expected = [_cpu_transform(recipe.train_transform(spec), p, params) for p, params in zip(pils, replayed)]
+    else:
+        expected = [v2.Compose(recipe.eval_transform(spec))(p) for p in pils]
+    expected = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in expected]) / 255
+    levels = (x - expected).abs() * 255  # mean 0, std 1: x is in [0, 1]
+    jitters = train and any(isinstance(t, v2.ColorJitter) for t in recipe.train_transform(spec))
+    largest, mean = JITTER_LEVELS if jitters else resize_levels
+    assert levels.max() < largest and levels.mean() < mean, (train, levels.max().item(), levels.mean().item())
+
+
 @pytest.mark.parametrize("augment", list(AUGMENTATIONS))
 def test_the_device_path_computes_the_cpu_transform_with_the_parameters_it_drew(tmp_path, augment):
     """The device path's training batch (seeded, unshuffled) against the recipe's own
@@ -234,7 +252,7 @@ def test_the_device_path_computes_the_cpu_transform_with_the_parameters_it_drew(
     order differ by up to 49 levels, a crop shifted by one pixel or a missed flip by tens,
     and Resize's long side rounded instead of floored by 38.
     """
-    spec, recipe = _spec(augment), AUGMENTATIONS[augment]
+    spec = _spec(augment)
     image_list = _smooth_jpegs(tmp_path)
     pils = [Image.open(tmp_path / path).convert("RGB") for path in image_list.paths]
     source = ImageSource.open(tmp_path, image_list, spec, decode_on_device=True)
@@ -242,16 +260,7 @@ def test_the_device_path_computes_the_cpu_transform_with_the_parameters_it_drew(
     for train in (True, False):
         (x, _), = source.batches(positions, image_list.labels, len(pils), train, cpu,
                                  torch.Generator().manual_seed(5), shuffle=False)
-        if train:
-            replayed = REPLAYS[augment](spec, [(p.height, p.width) for p in pils], torch.Generator().manual_seed(5))
-            expected = [_cpu_transform(recipe.train_transform(spec), p, params) for p, params in zip(pils, replayed)]
-        else:
-            expected = [v2.Compose(recipe.eval_transform(spec))(p) for p in pils]
-        expected = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in expected]) / 255
-        levels = (x - expected).abs() * 255  # mean 0, std 1: x is in [0, 1]
-        jitters = train and any(isinstance(t, v2.ColorJitter) for t in recipe.train_transform(spec))
-        largest, mean = JITTER_LEVELS if jitters else RESIZE_LEVELS
-        assert levels.max() < largest and levels.mean() < mean, (train, levels.max().item(), levels.mean().item())
+        _assert_the_cpu_transforms(x, pils, augment, train, REPLAYS[augment], RESIZE_LEVELS)
 
 
 def _replay_file_imagenet(spec, sizes, generator):
@@ -305,24 +314,14 @@ def test_the_file_path_computes_the_cpu_transform_with_the_parameters_it_drew(tm
     """
     from balanced_experts.images.batches import file_batches
 
-    spec, recipe = dataclasses.replace(_spec(augment), workers=2), AUGMENTATIONS[augment]
+    spec = dataclasses.replace(_spec(augment), workers=2)
     image_list = _smooth_jpegs(tmp_path)
     pils = [Image.open(tmp_path / path).convert("RGB") for path in image_list.paths]
     positions, cpu = torch.arange(len(pils)), torch.device("cpu")
     for train in (True, False):
         (x, _), = file_batches(tmp_path, image_list, spec, positions, torch.as_tensor(image_list.labels), len(pils),
                                train, cpu, torch.Generator().manual_seed(5))
-        if train:
-            replayed = FILE_REPLAYS[augment](spec, [(p.height, p.width) for p in pils],
-                                             torch.Generator().manual_seed(5))
-            expected = [_cpu_transform(recipe.train_transform(spec), p, params) for p, params in zip(pils, replayed)]
-        else:
-            expected = [v2.Compose(recipe.eval_transform(spec))(p) for p in pils]
-        expected = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in expected]) / 255
-        levels = (x - expected).abs() * 255  # mean 0, std 1: x is in [0, 1]
-        jitters = train and any(isinstance(t, v2.ColorJitter) for t in recipe.train_transform(spec))
-        largest, mean = JITTER_LEVELS if jitters else FILE_RESIZE_LEVELS
-        assert levels.max() < largest and levels.mean() < mean, (train, levels.max().item(), levels.mean().item())
+        _assert_the_cpu_transforms(x, pils, augment, train, FILE_REPLAYS[augment], FILE_RESIZE_LEVELS)
 
 
 def test_the_batched_jitter_is_torchvisions_colorjitter_per_image():
