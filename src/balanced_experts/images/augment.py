@@ -216,18 +216,20 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
 
 
-def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * factor).clamp_(0, 1)  # a blend with black
+# ColorJitter's three steps, in place on N x 3 x H x W images in [0, 1] (a copy the caller owns).
+
+def _brightness(x: torch.Tensor, factor) -> torch.Tensor:
+    return x.mul_(factor).clamp_(0, 1)  # a blend with black
 
 
-def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _contrast(x: torch.Tensor, factor) -> torch.Tensor:
     mean = _gray(x).mean((2, 3), keepdim=True)  # a blend with the image's mean gray
-    return ((x - mean) * factor + mean).clamp_(0, 1)
+    return x.sub_(mean).mul_(factor).add_(mean).clamp_(0, 1)
 
 
-def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def _saturation(x: torch.Tensor, factor) -> torch.Tensor:
     gray = _gray(x)  # a blend with the gray image
-    return ((x - gray) * factor + gray).clamp_(0, 1)
+    return x.sub_(gray).mul_(factor).add_(gray).clamp_(0, 1)
 
 
 _ADJUSTMENTS = (_brightness, _contrast, _saturation)  # ColorJitter's, as the columns of its factors
@@ -286,16 +288,10 @@ def _jitter_images(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor)
     core's L2 cache through every step, where a pass over a whole batch leaves it at each."""
     out = torch.empty(x.shape, dtype=torch.float32, memory_format=torch.channels_last)
     for i, (row, order) in enumerate(zip(factors.tolist(), orders.tolist())):
-        image = _as_unit(x[i])
+        image = _as_unit(x[i:i + 1])
         for which in order:
-            f = row[which]
-            if which == 0:
-                image.mul_(f)
-            else:
-                gray = _gray(image[None])[0, 0]
-                image.mul_(f).add_((gray.mean() if which == 1 else gray) * (1 - f))
-            image.clamp_(0, 1)
-        out[i] = image
+            _ADJUSTMENTS[which](image, row[which])
+        out[i] = image[0]
     return out
 
 
