@@ -553,7 +553,7 @@ def test_outputs_page_names_every_file_and_report_column():
     """docs/outputs.md against the code: every file template of balanced_experts.paths, and
     the columns of the report and the shifted-distribution tables, in that order."""
     from balanced_experts import paths
-    from balanced_experts.report import REPORT_COLUMNS
+    from balanced_experts.over_seeds import REPORT_COLUMNS
     from balanced_experts.shift import SHIFT_COLUMNS
 
     page = (REPO / "docs/outputs.md").read_text()

@@ -11,7 +11,7 @@ import yaml
 
 from balanced_experts.experiments import MODELS
 from balanced_experts.methods import METHODS, PEER_METHODS
-from balanced_experts.report import REPORT_COLUMNS
+from balanced_experts.over_seeds import REPORT_COLUMNS
 from conftest import REPO, SEEDS_TARGET, edited_copy, snakemake
 
 pytestmark = pytest.mark.slow

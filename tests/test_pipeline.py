@@ -13,7 +13,7 @@ import yaml
 from balanced_experts import methods
 from balanced_experts.experiments import EXPERTS, MODELS
 from balanced_experts.logits import read_logits
-from balanced_experts.report import REPORT_COLUMNS
+from balanced_experts.over_seeds import REPORT_COLUMNS
 from conftest import planned_jobs, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow

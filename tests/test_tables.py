@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from balanced_experts.methods import METHODS, PEER_METHODS
-from balanced_experts.report import METRIC_COLUMNS
+from balanced_experts.over_seeds import METRIC_COLUMNS
 from balanced_experts.tables import (FOLDS, latex_escape, method_groups, setting_block, setting_table,
                                      summary_table, write_table)
 

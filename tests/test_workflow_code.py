@@ -147,3 +147,19 @@ def test_a_job_may_use_cuda_when_asked_or_when_auto_finds_a_gpu():
     assert not ExecutionSettings(device="cpu").may_use_cuda()
     has_gpu = any(Path("/dev").glob("nvidia[0-9]*"))
     assert ExecutionSettings(device="auto").may_use_cuda() == has_gpu
+
+
+# The stages that read and write no model: their jobs must start without torch, whose import
+# alone takes seconds of CPU (each of the other jobs pays it once).
+TORCH_FREE_STAGES = ["resolved_config", "synthetic_data", "cifar_data", "classes", "image_cache",
+                     "summary", "aggregate", "compare"]
+
+
+@pytest.mark.parametrize("stage", TORCH_FREE_STAGES)
+def test_a_stage_without_models_starts_without_torch(stage):
+    program = REPO / "workflow" / "scripts" / f"{stage}.py"
+    imports = [node for node in ast.parse(program.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    code = "\n".join(ast.unparse(node) for node in imports) + "\nimport sys\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"PYTHONPATH": str(REPO / "src")})
+    assert result.stdout.strip() == "False", f"{program.name}'s imports load torch"

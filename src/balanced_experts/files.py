@@ -17,8 +17,6 @@ import pickle
 import shutil
 from pathlib import Path
 
-import torch
-
 from .faults import ArtifactError
 
 # -- reading ---------------------------------------------------------------------------------
@@ -67,6 +65,8 @@ def reading(path: str | Path, kind: str):
 def load_torch_file(path: str | Path):
     """A torch file of this workflow, loaded safely: tensors and plain data only
     (``weights_only=True``), never objects that could run code."""
+    import torch  # here: the jobs that read and write no torch file start without it (3 CPU-s)
+
     with reading(path, "torch file"):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -131,6 +131,8 @@ def replacing_folder(folder: str | Path):
 def save_torch_file(obj, path: str | Path) -> None:
     """``torch.save`` atomically (see :func:`replacing`); a failed write is the OS error
     beneath it (torch reports only "unexpected pos ...")."""
+    import torch
+
     with replacing(path) as tmp:
         try:
             with open(tmp, "wb") as handle:

@@ -9,21 +9,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import DECOUPLED_METHODS, SPLIT_NAMES
+from . import DECOUPLED_METHODS
 from .baselines import choose_tau, logit_adjusted, softmax, tau_normalised, weight_norms
 from .calibration import (calibration_from_state, expert_outputs_from_table, fuse,
                           oracle_predictions, read_calibration, select_rows)
 from .logits import READ_BLOCK_COLUMNS, check_aligned, logits_meta, read_logits
 from .methods import METHODS, PEER_METHODS, TEST_TIME_METHODS
+from .over_seeds import ECE_BINS, REPORT_COLUMNS
 from .metrics import (binned_calibration_error, four_fold_accuracy, negative_log_likelihood_of,
                       per_class_accuracy, reliability_bins)
 from .models import load_checkpoint
 from .shift import DISTRIBUTIONS, SHIFT_COLUMNS, assumed_prior, shift_predictions, shift_rows
 from .splits import read_class_table
 
-REPORT_COLUMNS = ["method", "many", "medium", "few", "all", "ece", "nll"]
-METRIC_COLUMNS = REPORT_COLUMNS[1:]
-ECE_BINS = 15
 
 
 @dataclass
@@ -221,64 +219,3 @@ def test_time_rows(method: str, table_csv) -> pd.DataFrame:
         raise ValueError(f"{method!r} is not a test-time method; known: {', '.join(TEST_TIME_METHODS)}")
     table = pd.read_csv(table_csv)
     return table.assign(method=method, accuracy_adapted=np.nan)[SHIFT_COLUMNS]
-
-
-def split_counts(classes: pd.DataFrame, test_labels: np.ndarray) -> pd.DataFrame:
-    """Classes, training images and test images of each class split."""
-    class_split = classes["split"].to_numpy()
-    train_counts = classes["train_count"].to_numpy()
-    test_counts = np.bincount(test_labels, minlength=len(classes))
-    return pd.DataFrame(
-        [{"split": name, "classes": int((class_split == name).sum()),
-          "train_images": int(train_counts[class_split == name].sum()),
-          "test_images": int(test_counts[class_split == name].sum())} for name in SPLIT_NAMES]
-    )
-
-
-# -- several seeds, several settings ---------------------------------------------------------
-
-def seed_rows(reports: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """Every replicate's report rows (``seed -> report``), with a leading ``seed`` column."""
-    return pd.concat([report.assign(seed=seed)[["seed", *REPORT_COLUMNS]] for seed, report in reports.items()],
-                     ignore_index=True)
-
-
-def mean_over_seeds(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per method (in report order): the mean of every column over the seeds (the report's
-    columns, in their order), then each one's sample standard deviation (``<column>_std``,
-    ddof 1: empty for a single seed, which has no spread to estimate), then ``seeds``, the
-    number of seeds."""
-    methods = [frame["method"].tolist() for _, frame in rows.groupby("seed", sort=False)]
-    if any(m != methods[0] for m in methods):
-        raise ValueError(f"the seeds' reports list different methods: {methods}")
-    return _mean_and_std(rows, ["method"], METRIC_COLUMNS)
-
-
-def mean_shift_over_seeds(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
-    """The seeds' test-shift tables (``seed -> table``, as written) averaged per method and
-    test distribution: ``accuracy`` and ``accuracy_adapted``, their sample standard
-    deviations (``_std``, empty for one seed) and ``seeds``."""
-    rows = pd.concat([t.assign(seed=k) for k, t in tables.items()])
-    return _mean_and_std(rows, SHIFT_COLUMNS[:3], SHIFT_COLUMNS[3:])
-
-
-def _mean_and_std(rows: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
-    """Per ``keys`` (in first-seen order): the mean of ``values`` over the rows' seeds, their
-    sample standard deviations (``<value>_std``) and ``seeds``, the number of seeds."""
-    grouped = rows.groupby(keys, sort=False)
-    return pd.concat([grouped[values].mean(), grouped[values].std(ddof=1).add_suffix("_std"),
-                      grouped["seed"].nunique().rename("seeds")], axis=1).reset_index()
-
-
-def mean_per_class(per_class: list[pd.DataFrame]) -> pd.DataFrame:
-    """Every class's accuracy under every method, averaged over the seeds' per-class tables."""
-    keys = ["class_id", "train_count", "split"]
-    stacked = pd.concat(per_class, ignore_index=True)
-    methods = [c for c in per_class[0].columns if c not in keys]
-    return stacked.groupby(keys, sort=False)[methods].mean().reset_index()
-
-
-def comparison(reports: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Settings side by side (``name -> report over seeds``), with a leading ``setting`` column."""
-    return pd.concat([report.assign(setting=name)[["setting", *report.columns]] for name, report in reports.items()],
-                     ignore_index=True)

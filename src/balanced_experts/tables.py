@@ -28,7 +28,7 @@ import pandas as pd
 from . import SPLIT_NAMES
 from .files import replacing
 from .methods import METHODS, PEER_METHODS
-from .report import ECE_BINS, METRIC_COLUMNS, mean_over_seeds
+from .over_seeds import ECE_BINS, METRIC_COLUMNS, mean_over_seeds
 
 THE_METHOD = "experts_calibrated"
 """The method this project implements: the first row."""

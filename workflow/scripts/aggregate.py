@@ -11,7 +11,7 @@ from balanced_experts.joblog import get_logger
 from balanced_experts.methods import GENERALIST, PROPOSED
 from balanced_experts.plots import (four_fold_plot, long_tail_plot, per_class_accuracy_plot,
                                     reliability_plot, test_shift_plot, training_curves_plot)
-from balanced_experts.report import mean_over_seeds, mean_per_class, mean_shift_over_seeds, seed_rows, split_counts
+from balanced_experts.over_seeds import mean_over_seeds, mean_per_class, mean_shift_over_seeds, seed_rows, split_counts
 from balanced_experts.splits import read_class_table
 from balanced_experts.tables import setting_table, write_table
 

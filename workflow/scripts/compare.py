@@ -8,7 +8,7 @@ from balanced_experts.faults import exit_briefly_on
 from balanced_experts.files import writing
 from balanced_experts.joblog import get_logger
 from balanced_experts.plots import comparison_plot
-from balanced_experts.report import comparison
+from balanced_experts.over_seeds import comparison
 
 
 def main(snakemake) -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..lists import ImageList
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ImageFileError(RuntimeError):
@@ -102,6 +104,8 @@ def wait_for_device(device: torch.device) -> None:
     Nothing else between two batches syncs with the host (``predict`` never does).
     """
     if device.type == "cuda":
+        import torch
+
         torch.cuda.current_stream(device).synchronize()
 
 
