@@ -411,6 +411,9 @@ def pytest_configure(config):
     # theirs from `execution`), before torch loads: the tests' tensors are tiny, and two
     # threads on a loaded CPU wait on each other (the in-process fits: 10x the CPU time).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A test that runs two threads (the multi-threaded training) shares the CPU with the shared
+    # runs' jobs: threads that sleep while they wait, not spin, take half the time there.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 

@@ -31,7 +31,9 @@ def describe_image(root: Path, image_list: ImageList, index: int) -> str:
 def open_rgb(root: Path, image_list: ImageList, index: int) -> Image.Image:
     try:
         with Image.open(root / image_list.paths[index]) as image:
-            return image.convert("RGB")
+            image.load()
+            # convert() copies an image even into its own mode: most files are RGB already.
+            return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, ValueError) as error:
         raise ImageFileError(f"cannot read image {describe_image(root, image_list, index)}: {error}") from error
 
