@@ -65,7 +65,7 @@ def reading(path: str | Path, kind: str):
 def load_torch_file(path: str | Path):
     """A torch file of this workflow, loaded safely: tensors and plain data only
     (``weights_only=True``), never objects that could run code."""
-    import torch  # here: the jobs that read and write no torch file start without it (3 CPU-s)
+    import torch  # here, not at the top: the jobs that read and write no torch file start without it
 
     with reading(path, "torch file"):
         return torch.load(path, map_location="cpu", weights_only=True)

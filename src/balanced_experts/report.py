@@ -15,13 +15,12 @@ from .calibration import (calibration_from_state, expert_outputs_from_table, fus
                           oracle_predictions, read_calibration, select_rows)
 from .logits import READ_BLOCK_COLUMNS, check_aligned, logits_meta, read_logits
 from .methods import METHODS, PEER_METHODS, TEST_TIME_METHODS
-from .over_seeds import ECE_BINS, REPORT_COLUMNS
 from .metrics import (binned_calibration_error, four_fold_accuracy, negative_log_likelihood_of,
                       per_class_accuracy, reliability_bins)
 from .models import load_checkpoint
+from .over_seeds import ECE_BINS, REPORT_COLUMNS
 from .shift import DISTRIBUTIONS, SHIFT_COLUMNS, assumed_prior, shift_predictions, shift_rows
 from .splits import read_class_table
-
 
 
 @dataclass
