@@ -67,17 +67,19 @@ class Recipe:
 
     def worker_train(self, image: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
         """The file path's per-image part of :meth:`train_transform`, in a DataLoader worker,
-        of one decoded 3 x H x W uint8 image: uint8 3 x size x size. The rest:
-        :meth:`augment_loaded`."""
+        of one decoded 3 x H x W uint8 image (a view of its H x W x 3 array): uint8 size x
+        size x 3 (channels last, as a worker hands it over). The rest: :meth:`augment_loaded`."""
         return self.worker_eval(image, spec)
 
     def worker_eval(self, image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-        """:meth:`eval_transform` in a worker, of one decoded 3 x H x W uint8 image (uint8)."""
-        return resize_and_center_crop(image, spec.eval_resize, spec.size, uint8=True)
+        """:meth:`eval_transform` in a worker, of one decoded 3 x H x W uint8 image: uint8
+        size x size x 3."""
+        return channels_last_image(resize_and_center_crop(image, spec.eval_resize, spec.size, uint8=True))
 
     def augment_loaded(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
         """The rest of the training transform, batch-wise on the job's device, of
-        :meth:`worker_train`'s N x 3 x size x size uint8 images: uint8, or float in [0, 1]."""
+        :meth:`worker_train`'s images as N x 3 x size x size uint8 (channels-last): uint8,
+        or float in [0, 1]."""
         return x
 
     def augment_preloaded(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
@@ -106,7 +108,7 @@ class CropFlip(Recipe):
         return _pad_crop_flip(x, spec, generator)
 
     def worker_train(self, image, spec, generator):
-        return resize_and_center_crop(image, spec.size, spec.size, uint8=True)
+        return channels_last_image(resize_and_center_crop(image, spec.size, spec.size, uint8=True))
 
     def augment_loaded(self, x, spec, generator):
         return _pad_crop_flip(x, spec, generator)
@@ -132,8 +134,9 @@ class ImageNet(Recipe):
 
     def worker_train(self, image, spec, generator):
         top, left, height, width = random_resized_crop_box(*image.shape[-2:], generator)
-        crop = resize(image[:, top:top + height, left:left + width], (spec.size, spec.size), uint8=True)
-        return crop.flip(-1) if torch.rand(1, generator=generator) < 0.5 else crop
+        crop = channels_last_image(resize(image[:, top:top + height, left:left + width], (spec.size, spec.size),
+                                          uint8=True))
+        return crop.flip(1) if torch.rand(1, generator=generator) < 0.5 else crop
 
     def augment_loaded(self, x, spec, generator):
         # The jitter's parameters come from the job's generator, one set per image.
@@ -158,6 +161,12 @@ def resize(image: torch.Tensor, size: tuple[int, int], uint8: bool = False) -> t
     # strided view of that layout): torch's vectorised uint8 kernel is faster on it, same bytes.
     x = image[None].contiguous(memory_format=torch.channels_last) if uint8 else image[None].float()
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def channels_last_image(image: torch.Tensor) -> torch.Tensor:
+    """A 3 x H x W image as H x W x 3: a view of :func:`resize`'s uint8 output (channels-last),
+    which a worker's batch then stacks with plain copies of rows, not a transposition."""
+    return image.permute(1, 2, 0)
 
 
 def resize_and_center_crop(image: torch.Tensor, short: int, size: int, uint8: bool = False) -> torch.Tensor:
@@ -280,8 +289,9 @@ def one_thread():
 
 
 def _as_unit(x: torch.Tensor) -> torch.Tensor:
-    """A float copy of images ``x`` (uint8 or float in [0, 1]) in [0, 1]."""
-    part = x.to(torch.float32, copy=True)
+    """A float copy of images ``x`` (uint8 or float in [0, 1]) in [0, 1], contiguous: each
+    colour a plane, which the steps' per-channel reads of :func:`_gray` want."""
+    part = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     return part.div_(255) if x.dtype == torch.uint8 else part
 
 

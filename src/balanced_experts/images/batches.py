@@ -88,7 +88,7 @@ def file_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: to
     normalize = {torch.uint8: normalizer(spec, device, 255.0), torch.float32: normalizer(spec, device, 1.0)}
     for batch in loader:
         x, y = _raise_failure(batch)
-        x = x.to(device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).to(device, non_blocking=True)  # N x H x W x 3 as N x 3 x H x W, channels-last
         if train:
             x = recipe.augment_loaded(x, spec, generator)
         yield normalize[x.dtype](x), y.to(device, non_blocking=True)
@@ -138,7 +138,7 @@ class _Listed(Dataset):
 
 
 class _Images(_Listed):
-    """Each image decoded and cropped to the input size: ``(uint8 3 x size x size image,
+    """Each image decoded and cropped to the input size: ``(uint8 size x size x 3 image,
     target)``, or the ImageFileError."""
 
     def __init__(self, root: Path, image_list: ImageList, indices, targets, spec: InputSpec, train: bool,
