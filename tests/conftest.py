@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -101,36 +103,111 @@ def write_config(workdir: Path, config: dict) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-_NICED: set[subprocess.Popen] = set()  # the background runs' Snakemake, ended with the session
+_NICED: set = set()  # the background runs' Snakemake (its .pid), ended with the session
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
               nice: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``snakemake`` of this interpreter's environment in ``workdir``; ``nice``:
-    at a lower CPU priority, in its own process group (a background run)."""
+    """Run the real ``snakemake`` command line of this interpreter's environment in
+    ``workdir``, in a process of its own (forked by tests/snakemake_server.py, which has
+    imported Snakemake once for every run); ``nice``: at a lower CPU priority, in its own
+    process group (a background run)."""
+    _refuse("runs Snakemake")
     exe = Path(sys.executable).with_name("snakemake")
-    cmd = [*(["nice", "-n", "10"] if nice else []), str(exe) if exe.exists() else "snakemake", *args]
+    program = str(exe) if exe.exists() else "snakemake"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=nice) as process:
-        if nice:
-            _NICED.add(process)
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except BaseException:  # a timeout, Ctrl-C: Snakemake (and a background run's jobs) end too
-            if nice:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.kill()
-            raise
-        finally:
-            _NICED.discard(process)
-    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+    returncode, stdout, stderr = _server().run(program, list(args), workdir, env, nice=10 if nice else 0,
+                                               session=nice, timeout=timeout)
+    result = subprocess.CompletedProcess([program, *args], returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
             f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+class _Run:
+    """A run the server forked: its pid, once known, and its return code, once it ended."""
+
+    def __init__(self):
+        self.started: concurrent.futures.Future = concurrent.futures.Future()
+        self.ended: concurrent.futures.Future = concurrent.futures.Future()
+        self.pid = None
+
+
+class _SnakemakeServer:
+    """This session's tests/snakemake_server.py, started by the first run."""
+
+    def __init__(self):
+        self._process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("snakemake_server.py"))],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._folder = Path(tempfile.mkdtemp(prefix="snakemake-runs-"))
+        self._lock = threading.Lock()
+        self._runs: dict[int, _Run] = {}
+        self._count = 0
+        threading.Thread(target=self._read, name="snakemake server", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            reply = json.loads(line)
+            run = self._runs[reply["id"]]
+            if "pid" in reply:
+                run.pid = reply["pid"]
+                run.started.set_result(run.pid)
+            else:
+                del self._runs[reply["id"]]
+                run.ended.set_result(reply["returncode"])
+        for run in list(self._runs.values()):  # the server has ended
+            for future in (run.started, run.ended):
+                if not future.done():
+                    future.set_exception(RuntimeError("tests/snakemake_server.py ended"))
+
+    def run(self, program: str, args: list[str], cwd: Path, env: dict, nice: int, session: bool,
+            timeout: float) -> tuple[int, str, str]:
+        with self._lock:
+            self._count += 1
+            number, run = self._count, _Run()
+            self._runs[number] = run
+            out, err = self._folder / f"{number}.out", self._folder / f"{number}.err"
+            request = {"id": number, "program": program, "args": args, "cwd": str(cwd), "env": env, "nice": nice,
+                       "session": session, "out": str(out), "err": str(err)}
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+        run.started.result()
+        if nice:
+            _NICED.add(run)
+        try:
+            returncode = run.ended.result(timeout=timeout)
+        except BaseException:  # a timeout, Ctrl-C: Snakemake (and a background run's jobs) end too
+            with contextlib.suppress(ProcessLookupError):
+                (os.killpg if session else os.kill)(run.pid, signal.SIGKILL)
+            raise
+        finally:
+            _NICED.discard(run)
+        try:
+            return returncode, out.read_text(errors="replace"), err.read_text(errors="replace")
+        finally:
+            out.unlink()
+            err.unlink()
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        self._process.wait(timeout=60)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+_SERVER: list[_SnakemakeServer] = []
+
+
+def _server() -> _SnakemakeServer:
+    with _SERVER_LOCK:
+        if not _SERVER:
+            _SERVER.append(_SnakemakeServer())
+        return _SERVER[0]
+
+
+_SERVER_LOCK = threading.Lock()
 
 
 def last_attempt(log: str) -> str:
@@ -336,6 +413,8 @@ def shared_runs(request, tmp_path_factory):
     runs.start(sorted(first_need, key=first_need.get))
     yield runs
     runs.stop()
+    if _SERVER:
+        _SERVER[0].close()
 
 
 def _shared(runs: SharedRuns, name: str):
