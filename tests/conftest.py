@@ -315,6 +315,9 @@ def _variant_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, set[tup
     return workdir, planned
 
 
+C100_TARGETS = ("results/c100/classes.csv", "results/c100/seed0/logits/base/test.parquet")
+
+
 def _user_data_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]:
     """Two kinds of a user's data, their whole DAGs in one invocation (two independent DAGs
     keep both cores busy): ``mini``, a `lists` dataset (an ImageNet-LT-style root of JPEG
@@ -322,7 +325,8 @@ def _user_data_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]
     backbone name; the rest comes from `defaults` (the tiny training settings with a file
     loader, and the default run's peers: Balanced Softmax and LDAM-DRW, RIDE and SADE off as
     the synthetic preset has them). ``c100``, a mini CIFAR-100-LT archive (cifar_dataset),
-    without peers."""
+    up to its classes and its base model's test logits: the stages after those are the synthetic dataset's,
+    on the same kind of images (PNG files, preloaded from their cache)."""
     import copy
 
     from realdata import make_cifar_archive, make_imagenet_lt_root
@@ -343,8 +347,7 @@ def _user_data_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]
                                   "backbone": {"name": "resnet10"}}}}
     (workdir / "mini.yaml").write_text(yaml.safe_dump(user))
     # The targets go first: --configfile takes every file name that follows it.
-    snakemake(workdir, "--cores", "2", "results/mini/report.csv", "results/c100/report.csv",
-              "--configfile", "mini.yaml", nice=nice)
+    snakemake(workdir, "--cores", "2", "results/mini/report.csv", *C100_TARGETS, "--configfile", "mini.yaml", nice=nice)
     return workdir, root
 
 

@@ -16,7 +16,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from balanced_experts.configuration import resolve_dataset
 from balanced_experts.logits import read_logits
-from conftest import REPO, SHARED_DATA, TINY_DATASET, copy_workflow, planned_jobs, snakemake, tiny_config
+from conftest import C100_TARGETS, REPO, SHARED_DATA, TINY_DATASET, copy_workflow, planned_jobs, snakemake, tiny_config
 from balanced_experts import holdout
 from realdata import caffe_style, make_imagenet_lt_root, make_inaturalist_lists, resnet10_state_dict
 
@@ -76,15 +76,21 @@ def test_user_lists_dataset_from_an_extra_configfile_runs_the_whole_dag(user_dat
     assert planned_jobs(workdir, "results/mini/report.csv", "--configfile", "mini.yaml") == set()
 
 
-def test_mini_cifar_archive_whole_dag(user_data_run):
-    workdir, _ = user_data_run  # the c100 dataset (conftest.cifar_dataset) ran its whole DAG there
+def test_mini_cifar_archive_to_a_trained_models_test_logits(user_data_run):
+    """The c100 dataset (conftest.cifar_dataset) up to its classes and its base model's test
+    logits (conftest.C100_TARGETS): the archive's images and lists, their classes, a model
+    trained and scored on them."""
+    workdir, _ = user_data_run
     results = workdir / "results/c100"
     classes = pd.read_csv(results / "classes.csv")
     assert classes["train_count"].tolist() == [36, 22, 14, 9, 5, 3]
     assert classes["split"].tolist() == ["many", "many", "medium", "medium", "few", "few"]
-    assert len((results / "data/test.txt").read_text().splitlines()) == 30
-    assert np.isfinite(pd.read_csv(results / "report.csv")[["many", "medium", "few", "all"]].to_numpy()).all()
-    assert planned_jobs(workdir, "results/c100/report.csv") == set()
+    test_lines = (results / "data/test.txt").read_text().splitlines()
+    assert len(test_lines) == 30
+    table = read_logits(workdir / C100_TARGETS[1])
+    assert list(table.paths) == [line.rsplit(" ", 1)[0] for line in test_lines]
+    assert table.logits.shape == (30, 6) and np.isfinite(table.logits).all()
+    assert planned_jobs(workdir, *C100_TARGETS) == set()
 
 
 def test_default_target_ignores_real_datasets_absent_here(tmp_path):
