@@ -197,7 +197,8 @@ class _SnakemakeServer:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-_SERVER: list[_SnakemakeServer] = []
+_SERVER: list[_SnakemakeServer] = []  # the session's, once started
+_SERVER_LOCK = threading.Lock()
 
 
 def _server() -> _SnakemakeServer:
@@ -205,9 +206,6 @@ def _server() -> _SnakemakeServer:
         if not _SERVER:
             _SERVER.append(_SnakemakeServer())
         return _SERVER[0]
-
-
-_SERVER_LOCK = threading.Lock()
 
 
 def last_attempt(log: str) -> str:

@@ -25,6 +25,7 @@ import sys
 
 def _run(request: dict) -> int:
     """In the forked child: the run's process state, then Snakemake's command line."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C reaches Snakemake as it would
     if request["session"]:
         os.setsid()
     if request["nice"]:
@@ -67,6 +68,10 @@ def _run(request: dict) -> int:
 
 def serve() -> None:
     import snakemake.cli  # noqa: F401 - the import every run shares
+
+    # Ctrl-C in the terminal reaches the runs (the same process group but for background
+    # runs); the server ends when the tests close its input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     children: dict[int, str] = {}  # pid -> request id
     requests = sys.stdin.buffer
