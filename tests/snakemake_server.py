@@ -1,8 +1,8 @@
 """Snakemake's command line, each run in a process forked from one that has imported it.
 
-A Snakemake start imports about a CPU-second of modules before it reads a Snakefile (its
-persistence layer alone pulls in SQLAlchemy and pydantic), and the suite starts Snakemake
-about a hundred times. conftest.snakemake asks this server instead: it imports the command
+Most of a Snakemake start's CPU time goes to importing modules before it reads a Snakefile
+(its persistence layer alone pulls in SQLAlchemy and pydantic), and the suite starts
+Snakemake many times. conftest.snakemake asks this server instead: it imports the command
 line once, then forks a child per run, which takes the run's folder, environment, output
 files, priority and process group, and calls the command line's ``main`` with the run's
 arguments, as the ``snakemake`` program does. Every run is still its own process with its
