@@ -197,15 +197,16 @@ class _SnakemakeServer:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-_SERVER: list[_SnakemakeServer] = []  # the session's, once started
-_SERVER_LOCK = threading.Lock()
+_SERVER: _SnakemakeServer | None = None  # the session's, once started
+_SERVER_LOCK = threading.Lock()  # the shared runs' thread and the tests may start it
 
 
 def _server() -> _SnakemakeServer:
+    global _SERVER
     with _SERVER_LOCK:
-        if not _SERVER:
-            _SERVER.append(_SnakemakeServer())
-        return _SERVER[0]
+        if _SERVER is None:
+            _SERVER = _SnakemakeServer()
+        return _SERVER
 
 
 def last_attempt(log: str) -> str:
@@ -317,14 +318,15 @@ C100_TARGETS = ("results/c100/classes.csv", "results/c100/seed0/logits/base/test
 
 
 def _user_data_run(top: Path, runs: SharedRuns, nice: bool) -> tuple[Path, dict]:
-    """Two kinds of a user's data, their whole DAGs in one invocation (two independent DAGs
-    keep both cores busy): ``mini``, a `lists` dataset (an ImageNet-LT-style root of JPEG
-    files) in its own file, given with --configfile: its data section, its image size and a
+    """Two kinds of a user's data in one invocation (two independent DAGs keep both cores
+    busy): ``mini``, a `lists` dataset (an ImageNet-LT-style root of JPEG files) in its own
+    file, given with --configfile, its whole DAG: its data section, its image size and a
     backbone name; the rest comes from `defaults` (the tiny training settings with a file
     loader, and the default run's peers: Balanced Softmax and LDAM-DRW, RIDE and SADE off as
     the synthetic preset has them). ``c100``, a mini CIFAR-100-LT archive (cifar_dataset),
-    up to its classes and its base model's test logits: the stages after those are the synthetic dataset's,
-    on the same kind of images (PNG files, preloaded from their cache)."""
+    up to its classes and its base model's test logits (C100_TARGETS): the stages after
+    those are the synthetic dataset's, on the same kind of images (PNG files, preloaded
+    from their cache)."""
     import copy
 
     from realdata import make_cifar_archive, make_imagenet_lt_root
@@ -414,8 +416,8 @@ def shared_runs(request, tmp_path_factory):
     runs.start(sorted(first_need, key=first_need.get))
     yield runs
     runs.stop()
-    if _SERVER:
-        _SERVER[0].close()
+    if _SERVER is not None:
+        _SERVER.close()
 
 
 def _shared(runs: SharedRuns, name: str):

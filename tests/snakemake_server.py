@@ -73,7 +73,7 @@ def serve() -> None:
     # runs); the server ends when the tests close its input.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    children: dict[int, str] = {}  # pid -> request id
+    children: dict[int, int] = {}  # pid -> request id
     requests = sys.stdin.buffer
     replies = sys.stdout
 
