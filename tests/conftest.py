@@ -110,8 +110,8 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
               nice: bool = False) -> subprocess.CompletedProcess:
     """Run the real ``snakemake`` command line of this interpreter's environment in
     ``workdir``, in a process of its own (forked by tests/snakemake_server.py, which has
-    imported Snakemake once for every run); ``nice``: at a lower CPU priority, in its own
-    process group (a background run)."""
+    imported Snakemake once for every run, and its Python jobs by tests/job_server.py);
+    ``nice``: at a lower CPU priority, in its own process group (a background run)."""
     _refuse("runs Snakemake")
     exe = Path(sys.executable).with_name("snakemake")
     program = str(exe) if exe.exists() else "snakemake"

@@ -6,8 +6,9 @@ Snakemake many times. conftest.snakemake asks this server instead: it imports th
 line once, then forks a child per run, which takes the run's folder, environment, output
 files, priority and process group, and calls the command line's ``main`` with the run's
 arguments, as the ``snakemake`` program does. Every run is still its own process with its
-own pid (conftest signals and reprioritises it as it did the program); the jobs it starts
-are the program's.
+own pid (conftest signals and reprioritises it as it did the program). Its Python jobs go
+to the run's job server (tests/job_server.py), which forks them from the modules this server
+has also imported.
 
 Protocol, one JSON object per line. Request on stdin: ``{"id", "program", "args", "cwd",
 "env", "nice", "session", "out", "err"}``; replies on stdout: ``{"id", "pid"}`` once the child is
@@ -21,6 +22,8 @@ import os
 import select
 import signal
 import sys
+
+import job_server
 
 
 def _run(request: dict) -> int:
@@ -42,32 +45,15 @@ def _run(request: dict) -> int:
     sys.stdout.reconfigure(line_buffering=True, write_through=True)
     sys.stderr.reconfigure(line_buffering=True, write_through=True)
     sys.argv = [request["program"], *request["args"]]
+    job_server.start(request["out"] + ".jobs")
     from snakemake.cli import main
 
-    try:
-        main()
-        code = 0
-    except SystemExit as done:  # as the interpreter ends on it: a message is printed, status 1
-        code = 0 if done.code is None else done.code
-        if not isinstance(code, int):
-            print(code, file=sys.stderr)
-            code = 1
-    except BaseException as error:  # as the interpreter ends on it: the traceback, then status 1
-        import traceback
-
-        traceback.print_exc()
-        sys.stderr.flush()
-        if isinstance(error, KeyboardInterrupt):  # or, on Ctrl-C, the signal
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
+    return job_server.as_the_interpreter(main)
 
 
 def serve() -> None:
-    import snakemake.cli  # noqa: F401 - the import every run shares
+    import snakemake.cli  # noqa: F401 - the imports every run shares, and its jobs
+    job_server.preload()
 
     # Ctrl-C in the terminal reaches the runs (the same process group but for background
     # runs); the server ends when the tests close its input.
