@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import importlib
 import json
 import os
@@ -123,54 +124,67 @@ def start(socket_path: str) -> None:
 
 
 def _serve(listener: socket.socket, run_ended: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the jobs; this reports how they end
-    jobs: dict[int, socket.socket] = {}  # pid -> its client
+    # Ctrl-C and SIGTERM are for the jobs (the same process group); this reports how they end.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    jobs: dict[int, socket.socket | None] = {}  # pid -> its client, None once the client is gone
     while run_ended is not None or jobs:
-        watched = [listener, *jobs.values(), *([run_ended] if run_ended is not None else [])]
+        watched = [listener, *filter(None, jobs.values()), *([run_ended] if run_ended is not None else [])]
         ready, _, _ = select.select(watched, [], [], 0.05 if jobs else None)
         for item in ready:
             if item is listener:
-                client, _ = listener.accept()
-                request, files = _receive(client)
-                if _load_time(request["env"]) != _loaded_in:
-                    client.sendall(b'{"exec": true}\n')
-                    client.close()
-                else:
-                    pid = os.fork()
-                    if pid == 0:
-                        for other in (listener, *jobs.values()):
-                            other.close()
-                        if run_ended is not None:
-                            os.close(run_ended)
-                        client.close()
-                        os._exit(as_the_interpreter(lambda: _job(request, files)))
-                    client.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-                    jobs[pid] = client
-                for fd in files:
-                    os.close(fd)
+                _fork_job(listener, run_ended, jobs)
             elif item is run_ended:
                 os.close(run_ended)
                 run_ended = None
             else:  # a client's end of file: it was killed, and so is its job
                 pid = next(pid for pid, client in jobs.items() if client is item)
                 os.kill(pid, signal.SIGKILL)
+                item.close()
+                jobs[pid] = None
         while jobs:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
             client = jobs.pop(pid)
-            try:
-                client.sendall(json.dumps({"status": status}).encode() + b"\n")
-            except OSError:  # the client is gone
-                pass
-            client.close()
+            if client is not None:
+                with contextlib.suppress(OSError):  # the client is gone
+                    client.sendall(json.dumps({"status": status}).encode() + b"\n")
+                client.close()
+
+
+def _fork_job(listener: socket.socket, run_ended: int | None, jobs: dict) -> None:
+    client, _ = listener.accept()
+    try:
+        request, files = _receive(client)
+    except (OSError, ValueError):  # a client that ended before it had asked
+        client.close()
+        return
+    if _load_time(request["env"]) != _loaded_in:
+        client.sendall(b'{"exec": true}\n')
+        client.close()
+    else:
+        pid = os.fork()
+        if pid == 0:
+            for other in (listener, client, *filter(None, jobs.values())):
+                other.close()
+            if run_ended is not None:
+                os.close(run_ended)
+            os._exit(as_the_interpreter(lambda: _job(request, files)))
+        client.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        jobs[pid] = client
+    for fd in files:
+        os.close(fd)
 
 
 def _receive(client: socket.socket) -> tuple[dict, list[int]]:
     header, files, _, _ = socket.recv_fds(client, 8, 3)
     length, data = int.from_bytes(header, "big"), b""
     while len(data) < length:
-        data += client.recv(length - len(data))
+        chunk = client.recv(length - len(data))
+        if not chunk:
+            raise OSError("the client ended")
+        data += chunk
     return json.loads(data), files
 
 
@@ -179,7 +193,8 @@ def _job(request: dict, files: list[int]) -> None:
     for target, fd in enumerate(files):
         os.dup2(fd, target)
         os.close(fd)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as the interpreter starts
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
