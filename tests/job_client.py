@@ -1,11 +1,12 @@
 """A Snakemake job's ``python SCRIPT``, run by tests/job_server.py in a process it forks.
 
-Snakemake runs this (``python -I -S job_client.py SCRIPT``: no site, so it starts in
-milliseconds) where it would run the script. It hands the server the script, its folder, its
-environment and its standard files, then ends as the job ended: with its status, or killed by
-its signal. The job is in this process's process group, so what signals the run's group
-(Ctrl-C, a background run's SIGKILL) reaches it directly; a SIGTERM to this process is passed
-on; if this process is killed, the server kills the job.
+Snakemake runs this (``python -I -S job_client.py ADDRESS SCRIPT``, ADDRESS the server's
+abstract socket; no site, so it starts in milliseconds) where it would run the script. It
+hands the server the script, its folder, its environment and its standard files, then ends
+as the job ended: with its status, or killed by its signal. The job is in this process's
+process group, so what signals the run's group (Ctrl-C, a background run's SIGKILL) reaches
+it directly; a SIGTERM to this process is passed on; if this process is killed, the server
+kills the job.
 """
 
 import json
@@ -16,9 +17,9 @@ import sys
 
 
 def main() -> None:
-    script = sys.argv[1]
+    address, script = sys.argv[1:]
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.connect(os.environ["BALANCED_EXPERTS_TEST_JOBS"])
+    server.connect("\0" + address)
     request = json.dumps({"script": script, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     socket.send_fds(server, [len(request).to_bytes(8, "big")], [0, 1, 2])
     server.sendall(request)

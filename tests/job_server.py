@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 
@@ -42,7 +43,6 @@ _PER_JOB = {"PYTHONPATH", "PYTHONUNBUFFERED"}  # what a forked job applies itsel
 _ONE_THREAD = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_client.py")
-VARIABLE = "BALANCED_EXPERTS_TEST_JOBS"  # the server's socket, in a run's environment
 
 _loaded_in: dict[str, str] = {}
 _base_path: list[str] = []  # sys.path without the program's folder and PYTHONPATH
@@ -91,24 +91,26 @@ def as_the_interpreter(main: Callable[[], object]) -> int:
     return code
 
 
-def start(socket_path: str) -> None:
+def start() -> None:
     """In a run's process, before Snakemake's command line: fork the run's job server (in the
     run's process group, so that what signals the group reaches its jobs) and send the run's
     Python scripts to it."""
+    # An abstract socket (Linux): no file to remove, no limit on the temporary folder's length.
+    address = f"balanced-experts-jobs-{os.getpid()}-{time.monotonic_ns()}"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(socket_path)
+    listener.bind("\0" + address)
     listener.listen(64)
     run_ended, run_alive = os.pipe()  # EOF when the run's process has ended
     if os.fork() == 0:
         os.close(run_alive)
         try:
             _serve(listener, run_ended)
+        except BaseException:  # into the run's error output; its jobs' clients then end with status 1
+            sys.excepthook(*sys.exc_info())
         finally:
-            os.unlink(socket_path)
             os._exit(0)
     os.close(run_ended)
     listener.close()
-    os.environ[VARIABLE] = socket_path
 
     from snakemake import script
 
@@ -117,8 +119,8 @@ def start(socket_path: str) -> None:
     def execute_script(self, fname, edit=False):
         if self.container_img is not None or self.conda_env is not None or self.env_modules is not None:
             return plain(self, fname, edit)
-        self._execute_cmd("{python} -I -S {client:q} {fname:q}", python=sys.executable, client=_CLIENT,
-                          fname=fname, is_python_script=True)
+        self._execute_cmd("{python} -I -S {client:q} {server:q} {fname:q}", python=sys.executable, client=_CLIENT,
+                          server=address, fname=fname, is_python_script=True)
 
     script.PythonScript.execute_script = execute_script
 

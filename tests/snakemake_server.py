@@ -45,7 +45,7 @@ def _run(request: dict) -> int:
     sys.stdout.reconfigure(line_buffering=True, write_through=True)
     sys.stderr.reconfigure(line_buffering=True, write_through=True)
     sys.argv = [request["program"], *request["args"]]
-    job_server.start(request["out"] + ".jobs")
+    job_server.start()
     from snakemake.cli import main
 
     return job_server.as_the_interpreter(main)

@@ -36,8 +36,9 @@ view = {
     "file": __file__, "written": __real_file__ == sys.argv[0],  # the copy Snakemake wrote and runs
     "argv": len(sys.argv), "path0": sys.path[0] == os.path.dirname(os.path.abspath(__real_file__)),
     "pythonpath": [p for p in sys.path if p.endswith("on_path")], "cwd": os.getcwd(),
-    "variable": os.environ.get("JOB_SERVER_TEST"), "stdin": sys.stdin.read(),
+    "stdin": sys.stdin.read(),
     "modules": "torch" in sys.modules, "threads": os.environ["OMP_NUM_THREADS"],
+    "environment": {k: v for k, v in os.environ.items() if not k.endswith(("_THREADS", "_MAXIMUM_THREADS"))},
 }
 with open(snakemake.output[0], "w") as out:
     json.dump(view, out)
@@ -70,9 +71,10 @@ def test_a_forked_job_sees_what_a_python_job_sees(workflow):
     assert (forked.pop("modules"), real.pop("modules")) == (True, False)
     assert (forked.pop("threads"), real.pop("threads")) == ("1", "2")
     assert forked == real
+    assert real.pop("environment")["JOB_SERVER_TEST"] == "seen"
     assert real == {"name": "__main__", "spec": True, "file": str(workflow / "view.py"),
                     "written": True, "argv": 1, "path0": True,
-                    "pythonpath": [str(workflow / "on_path")], "cwd": str(workflow), "variable": "seen",
+                    "pythonpath": [str(workflow / "on_path")], "cwd": str(workflow),
                     "stdin": ""}
 
 
