@@ -39,7 +39,8 @@ PRELOADED = ("numpy", "PIL.Image", "pyarrow.parquet", "pandas", "torch", "torch.
 _LOAD_TIME = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_", "VECLIB_", "NUMEXPR_", "TORCH",
               "PYTORCH_", "CUDA", "LD_", "MALLOC_", "PYTHON")
 _PER_JOB = {"PYTHONPATH", "PYTHONUNBUFFERED"}  # what a forked job applies itself
-# What Snakemake sets for a one-thread job (snakemake.shell): the environment to load in.
+# What Snakemake sets for a one-thread job (snakemake.shell): the environment to load in. Should
+# Snakemake set another, no job would be forked, and tests/test_job_server.py would fail.
 _ONE_THREAD = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_client.py")
