@@ -390,3 +390,23 @@ def test_the_jpeg_decoders_of_the_two_paths_agree():
     Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(data, "JPEG")
     decoded, = decode_images([torch.frombuffer(bytearray(data.getvalue()), dtype=torch.uint8)], torch.device("cpu"))
     assert torch.equal(decoded, torch.from_numpy(np.array(Image.open(data).convert("RGB"))).permute(2, 0, 1))
+
+
+def test_a_workers_resize_into_its_batch_is_interpolates_and_flipping_first_changes_nothing():
+    """A worker resizes a crop straight into its batch's row (interpolate's own operator with
+    ``out``), of RGBX pixels, and flips a crop before resizing it: bit for bit the uint8
+    interpolate of the flipped-after RGB crop, up-, down- and mixed-scaled."""
+    from balanced_experts.images.augment import resize
+
+    image = torch.randint(0, 256, (1, 37, 53, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rgbx = image.permute(0, 3, 1, 2)[0]  # 4 x H x W, channels-last, as a decoded image's
+    for crop, size in (((slice(3, 30), slice(5, 50)), (20, 20)), ((slice(0, 37), slice(0, 53)), (45, 64)),
+                       ((slice(2, 12), slice(1, 40)), (24, 16))):
+        window = rgbx[:, crop[0], crop[1]]
+        rgb = window[:3][None].contiguous(memory_format=torch.channels_last)
+        expected = torch.nn.functional.interpolate(rgb, size=size, mode="bilinear", antialias=True)[0]
+        row = torch.zeros(size + (4,), dtype=torch.uint8).permute(2, 0, 1)
+        assert resize(window, size, uint8=True, out=row) is row
+        assert torch.equal(row[:3], expected)
+        resize(window.flip(2), size, uint8=True, out=row)
+        assert torch.equal(row[:3], expected.flip(2))

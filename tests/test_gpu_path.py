@@ -145,6 +145,35 @@ def test_a_truncated_jpeg_is_named_with_its_list_line_as_the_pil_path_names_it(t
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
 
 
+# -- 3. the file path's batch is pinned as a copy of its slot --------------------------------
+
+def test_a_file_batch_pinned_for_cuda_is_a_copy_of_its_slot_made_where_dataloader_pins(tmp_path, monkeypatch):
+    """For CUDA, DataLoader's pinning thread pins what a worker returns: a file batch names a
+    slot of the pass's shared pool, which a worker writes again a few batches later, so
+    the pinned batch must be a copy of the slot's images (and targets), made by that call.
+    The seam: Tensor.pin_memory, which needs a GPU, stands in as a recorded clone."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from balanced_experts.images import batches
+
+    for i in range(3):
+        Image.fromarray(_ramp(20 + i, 24)).save(tmp_path / f"{i}.jpg", quality=95)
+    (tmp_path / "train.txt").write_text("".join(f"{i}.jpg {i}\n" for i in range(3)))
+    image_list = read_list(tmp_path / "train.txt")
+    spec = InputSpec(size=16, resize=18, augment="none")
+    pool = torch.zeros((1, 3, 16, 16, 4), dtype=torch.uint8)
+    monkeypatch.setitem(batches._POOLS, -1, pool)
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self) or self.clone())
+    filled = batches._Batches(tmp_path, image_list, np.arange(3), np.arange(3), spec, False, 0, 3, pool, -1)[0]
+    images, targets = pin_memory(filled).tensors()  # what DataLoader's pinning thread calls
+    assert len(pinned) == 2 and pinned[0].data_ptr() == pool.data_ptr()
+    expected = pool[0].clone()
+    assert expected[..., :3].float().std() > 0 and torch.equal(targets, torch.arange(3))
+    pool.fill_(0)  # a worker writes the slot again
+    assert torch.equal(images, expected)
+
+
 # -- 4. SyncBatchNorm under DDP on CUDA ----------------------------------------------------
 
 def _batchnorms(module):

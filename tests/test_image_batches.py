@@ -110,6 +110,52 @@ def test_training_batches_are_the_same_for_any_number_of_workers(jpegs):
     assert not torch.equal(alone[0][0], other[0][0])
 
 
+def test_a_pass_longer_than_the_pool_of_slots_gives_every_batch_its_own_images(jpegs):
+    """The workers write batch b into slot b % slots of the pass's pool: over 12 batches,
+    more than twice its 5 slots, with a consumer slow enough that the workers run as far
+    ahead as DataLoader lets them, every batch is still the one the main process alone
+    gives (a pool too small for the batches in flight would hand over overwritten slots)."""
+    import time
+
+    root, image_list = jpegs
+    indices = torch.arange(24) % 8
+    targets = torch.as_tensor(image_list.labels)[indices]
+    spec = InputSpec(size=16, resize=18, augment="none", workers=0)
+    alone = _all(file_batches(root, image_list, spec, indices, targets, 2, False, CPU, None))
+    with_workers = []
+    for x, y in file_batches(root, image_list, dataclasses.replace(spec, workers=2), indices, targets, 2, False,
+                             CPU, None):
+        time.sleep(0.02)
+        with_workers.append((x.clone(), y.clone()))
+    assert len(alone) == len(with_workers) == 12
+    for (x, y), (x2, y2) in zip(alone, with_workers):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert not torch.equal(alone[0][0], alone[1][0])  # the batches differ: a stale slot would show
+
+
+def test_a_pool_larger_than_the_free_shared_memory_is_one_line_naming_the_keys(jpegs, monkeypatch):
+    """Workers that would run out of shared memory die of SIGBUS mid-pass; the pass checks
+    the free space first and names what to change."""
+    import os
+
+    from balanced_experts.images import batches
+
+    root, image_list = jpegs
+    real = os.statvfs("/")
+    monkeypatch.setattr(batches.os, "statvfs", lambda where: os.statvfs_result(
+        (4096, 4096, 1000, 1, 1, 1000, 100, 100, 0, 255)) if where == "/dev/shm" else real)
+    spec = InputSpec(size=16, resize=18, augment="none", workers=2)
+    expected = (r"^the image loader's 2 workers need 0 MiB of shared memory for their batches \(\(2 x input.workers "
+                r"\+ 1\) x 4 images x 16 x 16 x 4 bytes\), and /dev/shm has 0 MiB free: lower input.workers or the "
+                r"batch size, or give the machine more \(a container: docker run --shm-size\)$")
+    with pytest.raises(ImageFileError, match=expected):
+        next(file_batches(root, image_list, spec, torch.arange(8), torch.zeros(8, dtype=torch.long), 4, False, CPU,
+                          None))
+    monkeypatch.setattr(batches.os, "statvfs", lambda where: real)
+    assert len(_all(file_batches(root, image_list, spec, torch.arange(8), torch.zeros(8, dtype=torch.long), 4,
+                                 False, CPU, None))) == 2
+
+
 def test_the_normalizer_scales_and_standardises():
     spec = InputSpec(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)

@@ -6,7 +6,8 @@ A recipe knows every form of itself that a batch path needs (:mod:`.batches`):
   transforms of PIL images: the recipe's definition, which the other forms are tested against;
 - :meth:`Recipe.worker_train`, :meth:`Recipe.worker_eval`, :meth:`Recipe.augment_loaded`: the
   file path's form: the DataLoader workers crop (and flip) each decoded image to the input
-  size in uint8, the training process does the rest batch-wise on its device;
+  size in uint8 (RGBX: PIL's 4 bytes a pixel), the training process does the rest batch-wise
+  on its device;
 - :meth:`Recipe.train_crop`, :meth:`Recipe.eval_crop`, :meth:`Recipe.augment_batch`: the
   device path's form (files decoded on the job's device): one crop per image to the input
   size, then the rest batch-wise;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,20 +67,21 @@ class Recipe:
         stacked and scaled to [0, 1]."""
         return x
 
-    def worker_train(self, image: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
+    def worker_train(self, image: torch.Tensor, spec: InputSpec, generator, out: torch.Tensor) -> None:
         """The file path's per-image part of :meth:`train_transform`, in a DataLoader worker,
-        of one decoded 3 x H x W uint8 image (a view of its H x W x 3 array): uint8 size x
-        size x 3 (channels last, as a worker hands it over). The rest: :meth:`augment_loaded`."""
-        return self.worker_eval(image, spec)
+        of one decoded image, 4 x H x W uint8 channels-last (RGBX, :func:`~.batches.rgbx_pixels`),
+        written into ``out``, 4 x size x size uint8 channels-last (a slot of the worker's
+        batch). The rest: :meth:`augment_loaded`."""
+        self.worker_eval(image, spec, out)
 
-    def worker_eval(self, image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-        """:meth:`eval_transform` in a worker, of one decoded 3 x H x W uint8 image: uint8
-        size x size x 3."""
-        return channels_last_image(resize_and_center_crop(image, spec.eval_resize, spec.size, uint8=True))
+    def worker_eval(self, image: torch.Tensor, spec: InputSpec, out: torch.Tensor) -> None:
+        """:meth:`eval_transform` in a worker, of one decoded 4 x H x W uint8 image (RGBX),
+        into ``out``."""
+        resize_and_center_crop(image, spec.eval_resize, spec.size, uint8=True, out=out)
 
     def augment_loaded(self, x: torch.Tensor, spec: InputSpec, generator) -> torch.Tensor:
         """The rest of the training transform, batch-wise on the job's device, of
-        :meth:`worker_train`'s images as N x 3 x size x size uint8 (channels-last): uint8,
+        :meth:`worker_train`'s images as N x 3 x size x size uint8 (their RGB of RGBX): uint8,
         or float in [0, 1]."""
         return x
 
@@ -107,8 +110,8 @@ class CropFlip(Recipe):
     def augment_preloaded(self, x, spec, generator):
         return _pad_crop_flip(x, spec, generator)
 
-    def worker_train(self, image, spec, generator):
-        return channels_last_image(resize_and_center_crop(image, spec.size, spec.size, uint8=True))
+    def worker_train(self, image, spec, generator, out):
+        resize_and_center_crop(image, spec.size, spec.size, uint8=True, out=out)
 
     def augment_loaded(self, x, spec, generator):
         return _pad_crop_flip(x, spec, generator)
@@ -132,11 +135,14 @@ class ImageNet(Recipe):
     def augment_batch(self, x, spec, generator):
         return flip_and_jitter(x, *draw_flip_and_jitter(len(x), generator))
 
-    def worker_train(self, image, spec, generator):
+    def worker_train(self, image, spec, generator, out):
         top, left, height, width = random_resized_crop_box(*image.shape[-2:], generator)
-        crop = channels_last_image(resize(image[:, top:top + height, left:left + width], (spec.size, spec.size),
-                                          uint8=True))
-        return crop.flip(1) if torch.rand(1, generator=generator) < 0.5 else crop
+        crop = image[:, top:top + height, left:left + width]
+        if torch.rand(1, generator=generator).item() < 0.5:
+            # Flipped before the resize, which commutes with it: the flip's copy is the one
+            # the resize would make of the crop (a strided view) anyway.
+            crop = crop.flip(2)
+        resize(crop, (spec.size, spec.size), uint8=True, out=out)
 
     def augment_loaded(self, x, spec, generator):
         # The jitter's parameters come from the job's generator, one set per image.
@@ -154,31 +160,54 @@ AUGMENTATIONS: dict[str, Recipe] = {recipe.name: recipe for recipe in (ImageNet(
 
 # -- resizing on the device ----------------------------------------------------------------
 
-def resize(image: torch.Tensor, size: tuple[int, int], uint8: bool = False) -> torch.Tensor:
-    """Bilinear, antialiased resize of one 3 x H x W image to float 3 x size; ``uint8``: of
-    a uint8 image on the CPU to uint8 (torch's vectorised uint8 kernel, rounded: a worker's)."""
-    # uint8: the crop copied channels-last first (a crop of a decoded H x W x 3 array is a
-    # strided view of that layout): torch's vectorised uint8 kernel is faster on it, same bytes.
-    x = image[None].contiguous(memory_format=torch.channels_last) if uint8 else image[None].float()
-    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+def resize(image: torch.Tensor, size: tuple[int, int], uint8: bool = False,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Bilinear, antialiased resize of one C x H x W image to float C x size; ``uint8``: of
+    a uint8 image on the CPU to uint8 (torch's vectorised uint8 kernel, rounded: a worker's),
+    channels-last, written into ``out`` (C x size, channels-last) if given."""
+    if not uint8:
+        return torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True,
+                                               align_corners=False)[0]
+    # The crop copied channels-last first (a crop of a decoded H x W x C array is a strided
+    # view of that layout): torch's vectorised uint8 kernel is faster on it, same bytes.
+    x = image[None].contiguous(memory_format=torch.channels_last)
+    if out is None:
+        return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    # interpolate's own operator, into ``out``: a worker's image then takes no fresh memory
+    # and no copy into its batch (tests/test_augment.py holds the two equal).
+    torch._C._nn._upsample_bilinear2d_aa(x, list(size), False, None, None, out=out[None])
+    return out
 
 
-def channels_last_image(image: torch.Tensor) -> torch.Tensor:
-    """A 3 x H x W image as H x W x 3: a view of :func:`resize`'s uint8 output (channels-last),
-    which a worker's batch then stacks with plain copies of rows, not a transposition."""
-    return image.permute(1, 2, 0)
-
-
-def resize_and_center_crop(image: torch.Tensor, short: int, size: int, uint8: bool = False) -> torch.Tensor:
-    """Resize(short) + CenterCrop(size) of one 3 x H x W image, as torchvision's (float 3 x
-    size x size; ``uint8``: as :func:`resize`'s)."""
+def resize_and_center_crop(image: torch.Tensor, short: int, size: int, uint8: bool = False,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+    """Resize(short) + CenterCrop(size) of one C x H x W image, as torchvision's (float C x
+    size x size; ``uint8``: as :func:`resize`'s, copied into ``out`` if given)."""
     h, w = image.shape[-2:]
     # Resize(short)'s output size: the long side floored, computed in torchvision's order
-    resized = resize(image, (short, int(short * w / h)) if h < w else (int(short * h / w), short), uint8)
+    shape = (short, int(short * w / h)) if h < w else (int(short * h / w), short)
+    resized = resize(image, shape, uint8, out=None if out is None else _resize_buffer(image.shape[0], shape))
     # CenterCrop's offsets (rounded, not floored), so eval inputs match the PIL path.
     top = int(round((resized.shape[1] - size) / 2))
     left = int(round((resized.shape[2] - size) / 2))
-    return resized[:, top:top + size, left:left + size]
+    crop = resized[:, top:top + size, left:left + size]
+    return crop if out is None else out.copy_(crop)
+
+
+_resized = threading.local()
+
+
+def _resize_buffer(channels: int, shape: tuple[int, int]) -> torch.Tensor:
+    """A uint8 channels x shape tensor, channels-last, in this thread's buffer for a whole
+    resized image before its crop is copied out: grown as needed, not fresh memory for each
+    image; the last one made is given again for an image of its size."""
+    key = (channels, *shape)
+    if getattr(_resized, "key", None) != key:
+        count = channels * shape[0] * shape[1]
+        if len(getattr(_resized, "buffer", ())) < count:
+            _resized.buffer = torch.empty(count, dtype=torch.uint8)
+        _resized.key, _resized.view = key, _resized.buffer[:count].view(*shape, channels).permute(2, 0, 1)
+    return _resized.view
 
 
 # -- the random draws, and the transforms they parameterise ---------------------------------

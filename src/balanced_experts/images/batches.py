@@ -3,8 +3,9 @@
 - :func:`preloaded_batches`: images decoded once (synthetic, CIFAR: small), augmented
   batch-wise on the device, which avoids per-sample Python work that would dominate on a CPU;
 - :func:`file_batches`: DataLoader workers decode each file with PIL and crop it to the
-  input size (ImageNet-LT, Places-LT); the rest of the augmentation (the colour jitter) runs
-  batch-wise on the device;
+  input size (ImageNet-LT, Places-LT) into a pool of shared memory that the main process
+  reads in place; the rest of the augmentation (the colour jitter) runs batch-wise on the
+  device;
 - :func:`device_batches` (``decode_on_device``): the workers only read the files' bytes; the
   JPEGs are decoded (nvJPEG on CUDA) and augmented batch-wise on the device.
 
@@ -19,13 +20,19 @@ whole traceback, instead of its one line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
+import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pyarrow
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..lists import ImageList
 from .augment import one_thread
@@ -72,26 +79,44 @@ def file_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: to
 
     A worker's random draws (crop box, flip) come from a generator seeded by the pass's seed
     (from ``generator``) and the image's position: the same crops for any number of workers.
-    The batch-wise draws (the jitter's) come from ``generator`` itself."""
+    The batch-wise draws (the jitter's) come from ``generator`` itself.
+
+    A worker writes batch b's crops into slot b % slots of a pool of shared memory that the
+    main process allocates for the pass and reads in place (for CUDA, DataLoader's pinning
+    thread copies a slot to pinned memory): no shared memory is created, handed over and
+    mapped per batch, each time with fresh pages for the worker to fault in. A DataLoader asks
+    its workers for at most ``prefetch_factor x workers`` batches beyond the one it has just
+    returned, which is read before the next is asked for: one slot more is never one whose
+    batch is still needed. The pool's size: ``(2 workers + 1) x batch_size x size^2 x 4`` bytes.
+    """
     recipe = spec.recipe
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator else 0
+    prefetch = 2 if spec.workers else None  # DataLoader's default, which the pool's size counts on
+    pool = torch.empty((2 * spec.workers + 1, min(batch_size, len(indices)), spec.size, spec.size, 4),
+                       dtype=torch.uint8)
+    if spec.workers:
+        _check_shared_memory(pool, spec.workers)
+        pool.share_memory_()
+    token = next(_POOL_TOKENS)
+    _POOLS[token] = pool  # for as long as the loader's dataset holds it
     loader = DataLoader(
-        _Images(root, image_list, indices.numpy(), targets.numpy(), spec, train, seed),
-        batch_size=batch_size,
+        _Batches(root, image_list, indices.numpy(), targets.numpy(), spec, train, seed, batch_size, pool, token),
+        batch_size=None,  # a dataset of whole batches
         shuffle=False,  # already shuffled, reproducibly
         num_workers=spec.workers,
-        collate_fn=_stack_or_failure,
+        prefetch_factor=prefetch,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),  # its own seed draw, not from torch's global one
     )
-    # Workers hand over uint8 images (a quarter of the bytes through shared memory).
+    # The images stay uint8 up to the device (a quarter of the bytes of floats).
     normalize = {torch.uint8: normalizer(spec, device, 255.0), torch.float32: normalizer(spec, device, 1.0)}
     for batch in loader:
-        x, y = _raise_failure(batch)
-        x = x.permute(0, 3, 1, 2).to(device, non_blocking=True)  # N x H x W x 3 as N x 3 x H x W, channels-last
+        x, y = _raise_failure(batch).tensors()
+        # N x H x W x 4 (RGBX) as N x 3 x H x W, channels-last; pinned (CUDA) or synchronous
+        x = x.to(device, non_blocking=device.type == "cuda").permute(0, 3, 1, 2)[:, :3]
         if train:
             x = recipe.augment_loaded(x, spec, generator)
-        yield normalize[x.dtype](x), y.to(device, non_blocking=True)
+        yield normalize[x.dtype](x), y.to(device, non_blocking=device.type == "cuda")
 
 
 def device_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: torch.Tensor, targets: torch.Tensor,
@@ -137,33 +162,113 @@ class _Listed(Dataset):
         return len(self.indices)
 
 
-class _Images(_Listed):
-    """Each image decoded and cropped to the input size: ``(uint8 size x size x 3 image,
-    target)``, or the ImageFileError."""
+class SharedMemoryShortage(ImageFileError):
+    """The file path's workers cannot have the shared memory their batches need."""
+
+
+def _check_shared_memory(pool: torch.Tensor, workers: int, where: str = "/dev/shm") -> None:
+    """A pool larger than the free shared memory fails here, in one line: else the first
+    worker to write past the end dies of SIGBUS, and DataLoader reports a killed worker."""
+    try:
+        stats = os.statvfs(where)
+    except OSError:  # no such file system here (macOS): nothing to check
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if pool.nbytes > free:
+        _, batch, size = pool.shape[:3]
+        raise SharedMemoryShortage(
+            f"the image loader's {workers} workers need {pool.nbytes / 2**20:,.0f} MiB of shared memory for their "
+            f"batches ((2 x input.workers + 1) x {batch} images x {size} x {size} x 4 bytes), and {where} has "
+            f"{free / 2**20:,.0f} MiB free: lower input.workers or the batch size, or give the machine more "
+            f"(a container: docker run --shm-size)")
+
+
+_POOLS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+"""The main process's pools of :func:`file_batches`' passes under way, by token: what a
+:class:`_Filled` batch names, so that DataLoader's pinning thread finds its images."""
+_POOL_TOKENS = itertools.count()
+
+
+@dataclasses.dataclass
+class _Filled:
+    """A batch that a worker wrote into the pool: its ``count`` images in slot ``slot`` of
+    pool ``token``, and their ``targets``; ``pinned``: a pinned copy of both, once
+    DataLoader's pinning thread has made it (:meth:`pin_memory`, for CUDA)."""
+
+    token: int
+    slot: int
+    count: int
+    targets: np.ndarray  # inline in the pickle: a tensor would cross as one more shared-memory file
+    pinned: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, targets)``: N x size x size x 4 uint8 (RGBX, a view of the pool) and N int64."""
+        if self.pinned is not None:
+            return self.pinned
+        return _POOLS[self.token][self.slot, :self.count], torch.from_numpy(self.targets)
+
+    def pin_memory(self) -> "_Filled":
+        images, targets = self.tensors()
+        return dataclasses.replace(self, pinned=(images.pin_memory(), targets.pin_memory()))
+
+
+class _Batches(_Listed):
+    """Batch b: the ``batch_size`` images from position b x ``batch_size`` on, each decoded and
+    cropped to the input size into slot b % slots of ``pool`` (slots x batch_size x size x size
+    x 4 uint8, RGBX): a :class:`_Filled`, or the first ImageFileError."""
 
     def __init__(self, root: Path, image_list: ImageList, indices, targets, spec: InputSpec, train: bool,
-                 seed: int):
+                 seed: int, batch_size: int, pool: torch.Tensor, token: int):
         super().__init__(root, image_list, indices, targets)
         self.spec, self.train, self.seed = spec, train, seed
+        self.batch_size, self.pool, self.token = batch_size, pool, token
+        self.rows = pool.permute(0, 1, 4, 2, 3)  # each row's size x size x 4 as 4 x size x size, channels-last
 
-    def __getitem__(self, i):
-        try:
-            image = open_rgb(self.root, self.image_list, int(self.indices[i]))
-        except ImageFileError as error:
-            return error
-        with warnings.catch_warnings():
-            # PIL's pixels as a read-only array, only read here: a copy would cost an eighth
-            # of the decoding.
-            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-            pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)  # a 3 x H x W view
+    def __len__(self):
+        return -(-len(self.indices) // self.batch_size)
+
+    def __getitem__(self, b):
+        start = b * self.batch_size
+        positions = range(start, min(start + self.batch_size, len(self.indices)))
+        slot = b % len(self.pool)
         recipe = self.spec.recipe
         # A worker has one thread; the main process (no workers) keeps its own for the model.
         with one_thread() if get_worker_info() is None else contextlib.nullcontext():
-            if self.train:
-                crop = recipe.worker_train(pixels, self.spec, worker_generator(self.seed, i))
-            else:
-                crop = recipe.worker_eval(pixels, self.spec)
-        return crop, int(self.targets[i])  # stacked into shared memory by the collate
+            for out, i in zip(self.rows[slot], positions):
+                try:
+                    image = open_rgb(self.root, self.image_list, int(self.indices[i]))
+                except ImageFileError as error:
+                    return error
+                pixels = rgbx_pixels(image)
+                if self.train:
+                    recipe.worker_train(pixels, self.spec, worker_generator(self.seed, i), out)
+                else:
+                    recipe.worker_eval(pixels, self.spec, out)
+        return _Filled(self.token, slot, len(positions), self.targets[positions.start:positions.stop].copy())
+
+
+def rgbx_pixels(image: Image.Image) -> torch.Tensor:
+    """The pixels of an RGB image as 4 x H x W uint8, channels-last: PIL's own layout, 4 bytes
+    a pixel (RGBX, the 4th padding), not to be written.
+
+    A view of PIL's memory through its Arrow export (Pillow 11.2 and later, an image in one
+    block of memory), else one plain copy. NumPy's copy of an RGB image packs its pixels to
+    3 bytes, a quarter of the decoding's time; torch's uint8 resize is fastest on 4 channels.
+    """
+    try:
+        buffer = pyarrow.array(image).buffers()[-1]
+    except (AttributeError, TypeError, ValueError, pyarrow.ArrowException):
+        # An old Pillow, or an image too large for one block ("rows are not contiguous")
+        buffer = image.tobytes("raw", "RGBX")
+    pixels = np.frombuffer(buffer, dtype=np.uint8).reshape(image.height, image.width, 4).transpose(2, 0, 1)
+    return torch.from_numpy(pixels)  # read-only memory, only read: torch's warning is spent below
+
+
+with warnings.catch_warnings():
+    # torch warns once per process of a tensor of read-only memory, as rgbx_pixels' are: here,
+    # silenced, rather than a filter set and removed for every image (a tenth of its cost).
+    warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+    torch.from_numpy(np.frombuffer(b"\0", dtype=np.uint8))
 
 
 class _EncodedImages(_Listed):
@@ -183,12 +288,6 @@ class _EncodedImages(_Listed):
 
 def _first_failure(items) -> ImageFileError | None:
     return next((item for item in items if isinstance(item, ImageFileError)), None)
-
-
-def _stack_or_failure(items):
-    """The batch of ``items`` stacked (torch's default), or the first ImageFileError among them."""
-    failure = _first_failure(items)
-    return failure if failure is not None else default_collate(items)
 
 
 def _list_or_failure(items):
