@@ -360,6 +360,10 @@ class SharedRuns:
     test that needs it before that thread got to it."""
 
     def __init__(self, tmp_path_factory):
+        # The session's base folder made here, before the thread: pytest's factory makes it
+        # on first use without a lock, and two threads' first uses made two (pytest-N and
+        # N+1), failing the tests' mktemp with "is not a normalized and relative path".
+        tmp_path_factory.getbasetemp()
         self._folders = tmp_path_factory
         self._lock = threading.Lock()
         self._futures: dict[str, concurrent.futures.Future] = {}
