@@ -91,8 +91,7 @@ def file_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: to
     """
     recipe = spec.recipe
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator else 0
-    prefetch = 2 if spec.workers else None  # DataLoader's default, which the pool's size counts on
-    pool = torch.empty((2 * spec.workers + 1, min(batch_size, len(indices)), spec.size, spec.size, 4),
+    pool = torch.empty((_PREFETCH * spec.workers + 1, min(batch_size, len(indices)), spec.size, spec.size, 4),
                        dtype=torch.uint8)
     if spec.workers:
         _check_shared_memory(pool, spec.workers)
@@ -104,7 +103,7 @@ def file_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: to
         batch_size=None,  # a dataset of whole batches
         shuffle=False,  # already shuffled, reproducibly
         num_workers=spec.workers,
-        prefetch_factor=prefetch,
+        prefetch_factor=_PREFETCH if spec.workers else None,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),  # its own seed draw, not from torch's global one
     )
@@ -162,8 +161,14 @@ class _Listed(Dataset):
         return len(self.indices)
 
 
+_PREFETCH = 2
+"""DataLoader's ``prefetch_factor`` in :func:`file_batches`: the batches a worker may have in
+flight, which the pool's number of slots counts on (DataLoader's default)."""
+
+
 class SharedMemoryShortage(ImageFileError):
-    """The file path's workers cannot have the shared memory their batches need."""
+    """The file path's workers cannot have the shared memory their batches need (an
+    ImageFileError: every job that reads images ends on one in one line)."""
 
 
 def _check_shared_memory(pool: torch.Tensor, workers: int, where: str = "/dev/shm") -> None:
@@ -178,9 +183,9 @@ def _check_shared_memory(pool: torch.Tensor, workers: int, where: str = "/dev/sh
         _, batch, size = pool.shape[:3]
         raise SharedMemoryShortage(
             f"the image loader's {workers} workers need {pool.nbytes / 2**20:,.0f} MiB of shared memory for their "
-            f"batches ((2 x input.workers + 1) x {batch} images x {size} x {size} x 4 bytes), and {where} has "
-            f"{free / 2**20:,.0f} MiB free: lower input.workers or the batch size, or give the machine more "
-            f"(a container: docker run --shm-size)")
+            f"batches (({_PREFETCH} x input.workers + 1) x {batch} images x {size} x {size} x 4 bytes), and "
+            f"{where} has {free / 2**20:,.0f} MiB free: lower input.workers or the batch size, or give the machine "
+            f"more (a container: docker run --shm-size)")
 
 
 _POOLS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
@@ -286,14 +291,9 @@ class _EncodedImages(_Listed):
         return data, int(self.targets[i]), index
 
 
-def _first_failure(items) -> ImageFileError | None:
-    return next((item for item in items if isinstance(item, ImageFileError)), None)
-
-
 def _list_or_failure(items):
     """The batch of ``items`` as a list, or the first ImageFileError among them."""
-    failure = _first_failure(items)
-    return failure if failure is not None else items
+    return next((item for item in items if isinstance(item, ImageFileError)), items)
 
 
 def _raise_failure(batch):
