@@ -36,14 +36,15 @@ ROWS: list[tuple[str, str, str, str, str]] = []
 SECTIONS = ("workflow", "calibration", "logits-io", "models", "loading")
 
 
-def row(figure, value, unit, reference_name="", reference=None, higher_is_better=True):
-    """One table line; the ratio is value / reference (so > 1 is faster for throughputs)."""
+def row(figure, value, unit, reference_name="", reference=None, higher_is_better=True, ratio=None):
+    """One table line; the ratio is value / reference (so > 1 is faster for throughputs),
+    unless given (e.g. the median of paired measurements' ratios)."""
     def fmt(v):
         return f"{v:,.2f} {unit}" if v < 100 else f"{v:,.0f} {unit}"
 
-    ratio = ""
-    if reference:
-        ratio = f"{value / reference:.2f}x"
+    if ratio is None and reference:
+        ratio = value / reference
+    ratio = "" if ratio is None else f"{ratio:.2f}x"
     ROWS.append((figure, fmt(value), reference_name, fmt(reference) if reference else "", ratio))
     print(f"  {figure}: {fmt(value)}" + (f" vs {reference_name} {fmt(reference)}" if reference else ""),
           file=sys.stderr, flush=True)
@@ -411,26 +412,38 @@ def bench_data_loading(repo: Path, scratch: Path, device):
             sync()  # the last batch's device work is part of loading it
 
         loader()
-        # Interleaved, so that both see the same load of the machine. Also CPU seconds
-        # (the workers': the finished children's), which other jobs on the machine do not
-        # inflate as they do wall time, and those that a second pass over the files adds
-        # to one pass: the workers' steady rate, without their start (a fork per pass).
-        load = twice = bare = (float("inf"),) * 3
-        for _ in range(3):
-            load = min(load, cpu_timed(loader))
-            bare = min(bare, cpu_timed(bare_jpeg))
-            if not on_device:
-                twice = min(twice, cpu_timed(loader, 2))
+        # Rounds of a pass, the bare loop and two passes, each figure set against the bare
+        # loop of its own round: this machine's speed drifts by up to a third within
+        # minutes, and a figure and its reference from different moments would carry that
+        # drift. Reported: medians over the rounds, the ratio the median of the rounds'.
+        # CPU seconds (the workers': the finished children's) are not inflated by other
+        # jobs on the machine as wall time is; those that a second pass adds to one are the
+        # workers' steady rate, without their start (a fork per pass), a few per cent of a
+        # thousand images and nothing of an ImageNet-LT epoch.
+        rounds = []
+        for _ in range(bench_data_loading.rounds):
+            load, bare = cpu_timed(loader), cpu_timed(bare_jpeg)
+            twice = cpu_timed(loader, 2) if not on_device else None
+            figures = {"wall": (count / load[0], count / bare[0])}
+            if twice and load[2]:
+                figures.update(worker=(count / load[2], count / bare[1]),
+                               steady=(count / (twice[2] - load[2]), count / bare[1]),
+                               main=(count / (twice[1] - load[1]), count / bare[1]))
+            rounds.append(figures)
+
+        def median_row(figure, key, reference_name):
+            pairs = np.array([r[key] for r in rounds])
+            row(figure, float(np.median(pairs[:, 0])), "img/s", reference_name, float(np.median(pairs[:, 1])),
+                ratio=float(np.median(pairs[:, 0] / pairs[:, 1])))
+
         what = ("train augment" if train else "eval resize+crop") + (f", decoded on {device}" if on_device else "")
-        row(f"loader, 400x350 JPEG -> 224 px, {what}, {workers} workers", count / load[0], "img/s",
-            "bare PIL decode loop, 1 process", count / bare[0])
-        if not on_device and load[2]:
-            row(f"  per worker: img per CPU-second of the workers ({what})", count / load[2], "img/s",
-                "bare PIL decode loop, per CPU-second", count / bare[1])
-            row(f"  per worker, steady: img per CPU-second a 2nd pass adds ({what})", count / (twice[2] - load[2]),
-                "img/s", "bare PIL decode loop, per CPU-second", count / bare[1])
-            row(f"  the training process: img per its CPU-second, steady ({what})", count / (twice[1] - load[1]),
-                "img/s", "bare PIL decode loop, per CPU-second", count / bare[1])
+        median_row(f"loader, 400x350 JPEG -> 224 px, {what}, {workers} workers", "wall",
+                   "bare PIL decode loop, 1 process")
+        if "worker" in rounds[0]:
+            per_cpu = "bare PIL decode loop, per CPU-second"
+            median_row(f"  per worker: img per CPU-second of the workers ({what})", "worker", per_cpu)
+            median_row(f"  per worker, steady: img per CPU-second a 2nd pass adds ({what})", "steady", per_cpu)
+            median_row(f"  the training process: img per its CPU-second, steady ({what})", "main", per_cpu)
 
 
 def cpu_timed(fn, *args) -> tuple[float, float, float]:
@@ -464,6 +477,8 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="for the MFU line (H200 bf16: 989)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the JPEG loader rows")
     parser.add_argument("--loader-images", type=int, default=192, help="JPEG files of the loader rows")
+    parser.add_argument("--loader-rounds", type=int, default=5,
+                        help="rounds of the loader rows, each a loader pass beside a bare decode pass")
     parser.add_argument("--compile", action="store_true", help="torch.compile in the pipeline loop")
     parser.add_argument("--jpeg-train-images", type=int, default=0,
                         help="also time training resnet10 fed by this many JPEG files (0: skip)")
@@ -486,6 +501,7 @@ def main():
     setup_torch(args.cores, 0, device)
     bench_backbone.compile, bench_backbone.peak_tflops = args.compile, args.peak_tflops
     bench_data_loading.workers, bench_data_loading.jpeg_images = args.workers, args.loader_images
+    bench_data_loading.rounds = args.loader_rounds
     print(f"bench: {repo} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
