@@ -87,7 +87,7 @@ def file_batches(root: Path, image_list: ImageList, spec: InputSpec, indices: to
     mapped per batch, each time with fresh pages for the worker to fault in. A DataLoader asks
     its workers for at most ``prefetch_factor x workers`` batches beyond the one it has just
     returned, which is read before the next is asked for: one slot more is never one whose
-    batch is still needed. The pool's size: ``(2 workers + 1) x batch_size x size^2 x 4`` bytes.
+    batch is still needed. The pool's size: ``(_PREFETCH x workers + 1) x batch_size x size^2 x 4`` bytes.
     """
     recipe = spec.recipe
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator else 0
